@@ -1,0 +1,201 @@
+"""CT-ViT parity with the reference fixtures (Testing/Data/parity/ctvit) and checkpoint-layout checks."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from GenerateCTLib.modeling import CheckpointError
+from GenerateCTLib.tokenizer.ctvit import CTViT, CTViTConfig
+
+TOL = 1e-4
+
+
+def load_fixture_model(parity_dir) -> CTViT:
+    folder = parity_dir / "ctvit"
+    kwargs = json.loads((folder / "config.json").read_text())["constructor_kwargs"]
+    model = CTViT(CTViTConfig.from_reference_kwargs(kwargs)).eval()
+    model.load_reference_state_dict(load_file(folder / "state.safetensors"), source="ctvit/state.safetensors")
+    return model
+
+
+@pytest.fixture(scope="module")
+def model(parity_dir) -> CTViT:
+    return load_fixture_model(parity_dir)
+
+
+@pytest.fixture(scope="module")
+def io(parity_dir) -> dict[str, torch.Tensor]:
+    return load_file(parity_dir / "ctvit" / "io.safetensors")
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, tol: float = TOL) -> None:
+    assert actual.shape == expected.shape
+    assert (actual - expected).abs().max().item() <= tol
+
+
+def run_with_stage_hooks(model: CTViT, fn) -> dict[str, torch.Tensor]:
+    outputs: dict[str, torch.Tensor] = {}
+    names = (
+        "enc_spatial_transformer",
+        "enc_temporal_transformer",
+        "dec_temporal_transformer",
+        "dec_spatial_transformer",
+    )
+    handles = [
+        getattr(model, name).register_forward_hook(lambda _m, _i, out, name=name: outputs.__setitem__(name, out))
+        for name in names
+    ]
+    try:
+        with torch.no_grad():
+            fn()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return outputs
+
+
+@torch.no_grad()
+def test_patch_tokens(model, io):
+    assert_close(model.embed_patches(io["input.video"]), io["intermediate.patch_tokens"])
+
+
+@torch.no_grad()
+def test_spatial_position_bias(model, io):
+    h, w = model.spatial_grid
+    assert_close(model.spatial_rel_pos_bias(h, w), io["intermediate.spatial_rel_pos_bias"])
+
+
+@torch.no_grad()
+def test_pre_quant_tokens(model, io):
+    assert_close(model.encode(io["input.video"]), io["expected.pre_quant_tokens"])
+
+
+def test_transformer_stage_outputs(model, io):
+    ids = io["expected.codebook_ids"]
+    outputs = run_with_stage_hooks(model, lambda: (model.encode(io["input.video"]), model.decode_from_ids(ids)))
+    for name, out in outputs.items():
+        assert_close(out, io[f"intermediate.{name}_out"])
+
+
+@torch.no_grad()
+def test_quantized_tokens_are_raw_codebook_rows(model, io):
+    quantized, ids = model.quantize(io["expected.pre_quant_tokens"])
+    b = quantized.shape[0]
+    assert_close(quantized.reshape(b, -1, quantized.shape[-1]), io["expected.quantized_tokens"])
+    assert torch.equal(quantized, model.vq.codebook[ids])
+    flat = io["expected.pre_quant_tokens"].reshape(b, -1, quantized.shape[-1])
+    assert_close(model.vq.cosine_similarity(flat), io["intermediate.cosine_sim"])
+
+
+@torch.no_grad()
+def test_codebook_ids_exact(model, io):
+    ids = model.encode_to_ids(io["input.video"])
+    assert ids.dtype == torch.int64
+    assert torch.equal(ids, io["expected.codebook_ids"])
+
+
+@torch.no_grad()
+def test_decode_from_flat_and_4d_ids(model, io):
+    ids = io["expected.codebook_ids"]
+    flat = model.decode_from_ids(ids.reshape(ids.shape[0], -1))
+    assert_close(flat, io["expected.decoded_from_ids"])
+    assert_close(model.decode_from_ids(ids), io["intermediate.decoded_from_ids_4d"])
+    assert_close(model.decode_from_ids(ids.reshape(ids.shape[0], -1), grid=tuple(ids.shape[1:])), flat, 0.0)
+
+
+@torch.no_grad()
+def test_reconstruction(model, io):
+    assert_close(model(io["input.video"]), io["expected.reconstruction"])
+
+
+def test_invalid_inputs_raise(model, io):
+    video = io["input.video"]
+    with pytest.raises(ValueError, match="num_slices"):
+        model.encode(video[:, :, :8])
+    with pytest.raises(ValueError, match="volume shape"):
+        model.encode(video[:, :, :, :16])
+    ids = io["expected.codebook_ids"].reshape(1, -1)
+    with pytest.raises(ValueError, match="ids shape"):
+        model.decode_from_ids(ids[:, :-1])
+    with pytest.raises(ValueError, match="ids must lie"):
+        model.decode_from_ids(ids + model.config.codebook_size)
+
+
+def test_config_from_reference_kwargs():
+    kwargs = dict(
+        dim=64,
+        codebook_size=64,
+        image_size=32,
+        patch_size=8,
+        temporal_patch_size=2,
+        spatial_depth=1,
+        temporal_depth=1,
+        use_vgg_and_gan=False,
+        discr_base_dim=16,
+    )
+    config = CTViTConfig.from_reference_kwargs(kwargs)
+    assert config.dim_head == 64 and config.heads == 8  # the reference constructor's defaults
+    with pytest.raises(ValueError, match="unknown"):
+        CTViTConfig.from_reference_kwargs({**kwargs, "bogus": 1})
+    with pytest.raises(ValueError, match="missing"):
+        CTViTConfig.from_reference_kwargs({"dim": 64})
+    with pytest.raises(ValueError, match="image_size"):
+        CTViTConfig(image_size=100, patch_size=16)
+
+
+@torch.no_grad()
+def test_save_pretrained_round_trip(model, io, tmp_path):
+    model.save_pretrained(tmp_path)
+    again = CTViT.from_pretrained(tmp_path)
+    assert again.config == model.config
+    video = io["input.video"]
+    assert torch.equal(again(video), model(video))
+    assert torch.equal(again.encode_to_ids(video), model.encode_to_ids(video))
+
+
+def test_reference_state_dict_round_trip(model, parity_dir):
+    state = load_file(parity_dir / "ctvit" / "state.safetensors")
+    ours = model.reference_state_dict()
+    assert set(ours) == set(state)
+    for name, tensor in ours.items():
+        assert tensor.shape == state[name].shape, name
+        if ".1.context_norm." not in name:  # unused self-attention norm: not kept
+            assert torch.equal(tensor, state[name]), name
+
+
+def test_released_layout_matches_manifest():
+    from Testing.conftest import load_manifest
+
+    manifest = load_manifest("ctvit")["entries"]
+    expected = {k: tuple(v["shape"]) for k, v in manifest.items() if not k.startswith(("vgg.", "discr."))}
+    with torch.device("meta"):
+        model = CTViT(CTViTConfig())
+    ours = {k: tuple(v.shape) for k, v in model.reference_state_dict().items()}
+    assert ours == expected
+
+
+@pytest.mark.parametrize("problem", ["missing", "extra", "misshaped"])
+def test_load_reference_rejects_bad_state(model, parity_dir, problem):
+    state = dict(load_file(parity_dir / "ctvit" / "state.safetensors"))
+    key = "enc_temporal_transformer.layers.1.1.to_q.weight"
+    if problem == "missing":
+        del state[key]
+    elif problem == "extra":
+        key = "vq._codebook.embed_avg"
+        state[key] = torch.zeros(1, 64, 64)
+    else:
+        state[key] = state[key][:, :-1]
+    fresh = CTViT(model.config)
+    with pytest.raises(CheckpointError, match=key.replace(".", r"\.")):
+        fresh.load_reference_state_dict(state, source="state.safetensors")
+
+
+@torch.no_grad()
+def test_bfloat16_autocast_decode_runs_close_to_float32(model, io):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        video = model.decode_from_ids(io["expected.codebook_ids"])
+    assert (video.float() - io["expected.decoded_from_ids"]).abs().max().item() < 0.1
