@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from GenerateCTLib import __version__
+from GenerateCTLib.progress import GenerationCancelled
 
 log = logging.getLogger("generatect")
 
@@ -22,6 +23,13 @@ EXAMPLES_CONVERT = """examples:
       --superres superres_pretrained.pt --out models/official
   generatect weights convert --transformer t.pt --superres s.pt --out small \\
       --reference-config reference_kwargs.json --t5 ./my-t5
+"""
+
+EXAMPLES_GENERATE = """examples:
+  generatect generate --model models/official --age 65 --sex male \\
+      --impression "Bilateral pleural effusion." --out ct.nii.gz --preview ct.png
+  generatect generate --model PATH --prompt "40 years old female: Cardiomegaly." --no-sr --seed 7 \\
+      --out ct.nrrd --progress json
 """
 
 EXAMPLES_INFO = """examples:
@@ -59,6 +67,131 @@ def _cmd_weights_convert(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     print(f"wrote bundle {out}")
+    return 0
+
+
+def official_bundle_dir() -> Path:
+    """Where ``weights download``/``convert`` keep the official bundle: the user cache folder."""
+    import os
+
+    base = os.environ.get("GENERATECT_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "generatect"
+    )
+    return Path(base) / "official"
+
+
+def resolve_model(model: str) -> Path:
+    """``official`` (the converted official weights in the user cache) or a bundle folder."""
+    if model == "official":
+        path = official_bundle_dir()
+        if not path.is_dir():
+            raise CLIError(
+                f"--model official: no converted official bundle in {path}; run 'generatect weights convert "
+                f"... --out {path}' first"
+            )
+        return path
+    path = Path(model)
+    if not path.is_dir():
+        raise CLIError(f"--model: folder {path} not found (give 'official' or a bundle folder)")
+    return path
+
+
+def resolve_device(device: str):
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise CLIError(f"--device: {device!r} is not allowed; use auto, cpu, cuda or cuda:N")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"--device: {device!r} was requested but CUDA is not available on this machine")
+    return parsed
+
+
+class _ProgressPrinter:
+    """Renders pipeline progress events as a tqdm bar per stage or as one JSON object per line."""
+
+    def __init__(self, mode: str):
+        self.mode = mode
+        self.bar = None
+        self.stage = None
+
+    def __call__(self, event) -> None:
+        if self.mode == "json":
+            print(json.dumps({"event": "progress", "stage": event.stage, "step": event.step, "total": event.total,
+                              "eta_s": None if event.eta_s is None else round(event.eta_s, 1),
+                              "elapsed_s": round(event.elapsed_s, 1)}), flush=True)
+        elif self.mode == "bar":
+            from tqdm import tqdm
+
+            if event.stage != self.stage:
+                self.close()
+                self.stage = event.stage
+                self.bar = tqdm(total=event.total, desc=event.stage, unit="step", leave=True, file=sys.stderr)
+            self.bar.n = event.step
+            self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from GenerateCTLib.io import volume_format, write_json, write_volume
+    from GenerateCTLib.pipeline import GenerateCTPipeline, build_prompt
+
+    out = Path(args.out)
+    try:
+        volume_format(out)
+    except ValueError as exc:
+        raise CLIError(f"--out: {exc}") from exc
+    sidecar = out.with_name(out.name.split(".")[0] + ".json")
+    targets = [out, sidecar] + ([Path(args.preview)] if args.preview else [])
+    for target in targets:
+        if target.exists() and not args.overwrite:
+            raise CLIError(f"{target} already exists; pass --overwrite to replace it")
+    if args.prompt is None and (args.age is None or args.sex is None or args.impression is None):
+        raise CLIError("give --prompt, or all of --age, --sex and --impression")
+    if args.prompt is None:
+        build_prompt(args.age, args.sex, args.impression)  # fail fast, before loading the model
+    model = resolve_model(args.model)
+    device = resolve_device(args.device)
+    printer = _ProgressPrinter(args.progress)
+    try:
+        pipe = GenerateCTPipeline.from_pretrained(model, device=device, load_super_resolution=not args.no_sr)
+        result = pipe(
+            args.prompt,
+            age=args.age,
+            sex=args.sex,
+            impression=args.impression,
+            num_slices=args.slices,
+            seed=args.seed,
+            steps=args.steps,
+            cond_scale=args.cond_scale,
+            super_resolve=not args.no_sr,
+            sr_steps=args.sr_steps,
+            sr_batch_size=args.sr_batch_size,
+            callback=printer,
+        )
+    finally:
+        printer.close()
+    write_volume(out, result.volume_hu, result.geometry, dtype=args.dtype, overwrite=args.overwrite)
+    write_json(sidecar, result.provenance, overwrite=args.overwrite)
+    written = {"volume": str(out), "provenance": str(sidecar)}
+    if args.preview:
+        from GenerateCTLib.preview import render_preview
+
+        render_preview(result.volume_hu, result.geometry, args.preview, prompt=result.prompt, overwrite=args.overwrite)
+        written["preview"] = args.preview
+    if args.progress == "json":
+        print(json.dumps({"event": "done", **written, "seeds": result.seeds}), flush=True)
+    else:
+        print(f"wrote {', '.join(written.values())}")
     return 0
 
 
@@ -109,6 +242,32 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--verify", action="store_true", help="recompute the sha256 of every bundle file")
     info.set_defaults(func=_cmd_info)
 
+    generate = commands.add_parser(
+        "generate",
+        help="generate a synthetic CT volume from a prompt",
+        epilog=EXAMPLES_GENERATE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    generate.add_argument("--model", required=True, help="'official' or a bundle folder")
+    generate.add_argument("--prompt", help='full prompt, e.g. "65 years old male: Cardiomegaly."')
+    generate.add_argument("--age", type=int, help="patient age in years (0-120)")
+    generate.add_argument("--sex", help="male or female")
+    generate.add_argument("--impression", help="radiology impression text")
+    generate.add_argument("--slices", type=int, default=201, help="odd number of slices (default 201)")
+    generate.add_argument("--seed", type=int, help="random seed (default: random, recorded in the sidecar)")
+    generate.add_argument("--steps", type=int, default=18, help="MaskGIT decoding steps (default 18)")
+    generate.add_argument("--cond-scale", type=float, default=5.0, help="guidance scale (default 5)")
+    generate.add_argument("--no-sr", action="store_true", help="skip super-resolution (fast low-res preview)")
+    generate.add_argument("--sr-steps", type=int, default=25, help="diffusion steps (default 25)")
+    generate.add_argument("--sr-batch-size", type=int, default=4, help="slices per SR batch (default 4)")
+    generate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    generate.add_argument("--out", required=True, help="output volume (.nii.gz or .nrrd)")
+    generate.add_argument("--dtype", choices=("float32", "int16"), default="int16", help="voxel type (default int16)")
+    generate.add_argument("--preview", help="also write a PNG preview (mid-planes, lung and mediastinal windows)")
+    generate.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="progress output")
+    generate.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    generate.set_defaults(func=_cmd_generate)
+
     weights = commands.add_parser("weights", help="convert model weights")
     weight_commands = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
     convert = weight_commands.add_parser(
@@ -139,6 +298,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return int(args.func(args))
+    except GenerationCancelled:
+        print("generatect: cancelled", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
         print("generatect: interrupted", file=sys.stderr)
         return 130

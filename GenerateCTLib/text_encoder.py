@@ -69,6 +69,10 @@ class T5TextEncoder:
         source = str(name_or_path)
         if Path(source).exists() and not Path(source, "config.json").is_file():
             raise ValueError(f"text encoder folder {source!r} has no config.json (Hugging Face format)")
+        from transformers.utils import logging as hf_logging
+
+        bars_were_enabled = hf_logging.is_progress_bar_enabled()
+        hf_logging.disable_progress_bar()  # progress belongs to our callback, not to stderr
         try:
             tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
             model = T5EncoderModel.from_pretrained(source, local_files_only=local_files_only)
@@ -77,6 +81,9 @@ class T5TextEncoder:
                 f"cannot load the T5 text encoder {source!r}: {exc}. Pass a local folder in Hugging Face "
                 "format, or allow hub access to download it."
             ) from exc
+        finally:
+            if bars_were_enabled:
+                hf_logging.enable_progress_bar()
         model.eval().requires_grad_(False)
         model.to(device=device, dtype=dtype)
         return cls(model, tokenizer, name=source, max_length=max_length)

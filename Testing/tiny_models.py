@@ -44,3 +44,31 @@ def make_tiny_t5(directory: Path, *, d_model: int = 32, seed: int = 0) -> Path:
     model.save_pretrained(directory)
     fast.save_pretrained(directory)
     return directory
+
+
+def make_tiny_bundle(directory: Path, *, seed: int = 0) -> Path:
+    """A random three-stage bundle at toy size (9×32×32 low-res, 9×128×128 after SR) with a tiny T5."""
+    import tempfile
+
+    import torch
+
+    from GenerateCTLib.checkpoints import write_bundle
+    from GenerateCTLib.super_resolution.unet import SuperResolutionUnet, SuperResolutionUnetConfig
+    from GenerateCTLib.tokenizer.ctvit import CTViT, CTViTConfig
+    from GenerateCTLib.transformer.maskgit import MaskGIT, MaskGITConfig
+
+    torch.manual_seed(seed)
+    d_text = 32
+    models = {
+        "ctvit": CTViT(CTViTConfig(dim=32, codebook_size=32, image_size=32, patch_size=8, temporal_patch_size=2,
+                                   spatial_depth=1, temporal_depth=1, dim_head=8, heads=2)),
+        "maskgit": MaskGIT(MaskGITConfig(num_tokens=32, max_seq_len=256, dim=32, dim_context=d_text, depth=1,
+                                         heads=2, dim_head=8)),
+        "super_resolution": SuperResolutionUnet(SuperResolutionUnetConfig(
+            dim=8, cond_dim=8, text_embed_dim=d_text, max_text_len=16, attn_heads=2, attn_dim_head=8,
+            attn_pool_num_latents=4, mid_attn_heads=2, mid_attn_dim_head=8)),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        t5 = make_tiny_t5(Path(tmp) / "t5", d_model=d_text, seed=seed)
+        return write_bundle(directory, models, name="tiny-random", version="0", source="random init (tests)",
+                            text_encoder=t5)
