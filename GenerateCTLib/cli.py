@@ -150,8 +150,10 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         volume_format(out)
     except ValueError as exc:
         raise CLIError(f"--out: {exc}") from exc
-    sidecar = out.with_name(out.name.split(".")[0] + ".json")
-    targets = [out, sidecar] + ([Path(args.preview)] if args.preview else [])
+    stem = out.name.split(".")[0]
+    sidecar = out.with_name(stem + ".json")
+    attention_dir = out.with_name(stem + "_attention")
+    targets = [out, sidecar] + ([Path(args.preview)] if args.preview else []) + ([attention_dir] if args.attention else [])
     for target in targets:
         if target.exists() and not args.overwrite:
             raise CLIError(f"{target} already exists; pass --overwrite to replace it")
@@ -176,6 +178,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             super_resolve=not args.no_sr,
             sr_steps=args.sr_steps,
             sr_batch_size=args.sr_batch_size,
+            return_attention=args.attention,
             callback=printer,
         )
     finally:
@@ -183,10 +186,17 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     write_volume(out, result.volume_hu, result.geometry, dtype=args.dtype, overwrite=args.overwrite)
     write_json(sidecar, result.provenance, overwrite=args.overwrite)
     written = {"volume": str(out), "provenance": str(sidecar)}
+    if result.attention is not None:
+        from GenerateCTLib.attention_maps import write_attention_maps
+
+        write_attention_maps(result.attention, attention_dir, result.geometry, prompt=result.prompt,
+                             overwrite=args.overwrite)
+        written["attention"] = str(attention_dir)
     if args.preview:
         from GenerateCTLib.preview import render_preview
 
-        render_preview(result.volume_hu, result.geometry, args.preview, prompt=result.prompt, overwrite=args.overwrite)
+        render_preview(result.volume_hu, result.geometry, args.preview, prompt=result.prompt,
+                       attention=result.attention, overwrite=args.overwrite)
         written["preview"] = args.preview
     if args.progress == "json":
         print(json.dumps({"event": "done", **written, "seeds": result.seeds}), flush=True)
@@ -263,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     generate.add_argument("--out", required=True, help="output volume (.nii.gz or .nrrd)")
     generate.add_argument("--dtype", choices=("float32", "int16"), default="int16", help="voxel type (default int16)")
+    generate.add_argument("--attention", action="store_true",
+                          help="also write per-word/per-phrase cross-attention heatmaps (<out>_attention/)")
     generate.add_argument("--preview", help="also write a PNG preview (mid-planes, lung and mediastinal windows)")
     generate.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="progress output")
     generate.add_argument("--overwrite", action="store_true", help="replace existing output files")

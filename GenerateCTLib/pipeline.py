@@ -342,6 +342,7 @@ class GenerateCTPipeline:
                 recorder.mean()[0],
                 grid=grid,
                 prompt=prompt,
+                impression=prompt.split(": ", 1)[1] if ": " in prompt else prompt,
                 tokenizer=self.text_encoder.tokenizer,
                 token_ids=text.token_ids[0],
                 output_shape=volume_hu.shape,

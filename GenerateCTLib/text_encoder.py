@@ -121,3 +121,29 @@ class T5TextEncoder:
     def tokens(self, token_ids: torch.Tensor) -> list[str]:
         """The token strings of one row of ``token_ids`` (for attention-map labels)."""
         return self.tokenizer.convert_ids_to_tokens(token_ids.tolist())
+
+
+def build_word_tokenizer(words: list[str], *, max_length: int = MAX_TEXT_LENGTH):
+    """A word-level T5-style tokenizer (``<pad>`` = 0, ``</s>`` = 1, ``<unk>`` = 2, then ``words``).
+
+    Used for small bundles whose text encoder is trained on a closed report vocabulary; it is saved and
+    loaded in Hugging Face format like the real T5 tokenizer. Words are split on whitespace and
+    punctuation; every sequence ends with ``</s>`` as T5's does.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "</s>", "<unk>"]
+    vocab: dict[str, int] = {}
+    for token in specials + list(words):
+        vocab.setdefault(token, len(vocab))
+    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_max_length=max_length,
+    )

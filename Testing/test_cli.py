@@ -36,6 +36,19 @@ def test_generate_end_to_end_with_json_progress(bundle, tmp_path, capsys):
     assert main([*argv, "--overwrite"]) == 0
 
 
+def test_generate_with_super_resolution_attention_and_preview(bundle, tmp_path):
+    out = tmp_path / "ct.nii.gz"
+    argv = ["generate", "--model", str(bundle), "--prompt", "45 years old female: Left pleural effusion.",
+            "--slices", "3", "--steps", "2", "--sr-steps", "2", "--seed", "1", "--device", "cpu",
+            "--out", str(out), "--attention", "--preview", str(tmp_path / "ct.png"), "--progress", "none"]
+    assert main(argv) == 0
+    volume, _ = read_volume(out)
+    assert volume.shape == (3, 128, 128)
+    index = json.loads((tmp_path / "ct_attention" / "index.json").read_text())
+    assert any("effusion" in str(entry) for entry in index.values() if isinstance(entry, (list, dict)))
+    assert (tmp_path / "ct.png").stat().st_size > 10_000
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

@@ -83,3 +83,19 @@ def test_build_prompt_strips_reference_characters():
     assert build_prompt(7, "male", ' "Nodule (left)." ') == "7 years old male: Nodule left."
     with pytest.raises(ValueError, match="1000"):
         build_prompt(7, "male", "x" * 1001)
+
+
+def test_attention_maps_cover_each_phrase_on_the_volume_grid(pipe):
+    out = pipe(age=55, sex="male", impression="Cardiomegaly, pleural effusion and nodule.", num_slices=9,
+               steps=3, seed=1, super_resolve=False, return_attention=True)
+    phrases = [label for label in out.attention if label.startswith("phrase: ")]
+    assert phrases == ["phrase: Cardiomegaly", "phrase: pleural effusion", "phrase: nodule"]
+    assert {"word: cardiomegaly", "word: pleural", "word: effusion", "word: nodule"} <= set(out.attention)
+    for heatmap in out.attention.values():
+        assert heatmap.shape == out.volume_hu.shape and heatmap.dtype == np.float32
+        assert heatmap.min() >= 0 and heatmap.max() <= 1
+    plain = pipe(age=55, sex="male", impression="Cardiomegaly, pleural effusion and nodule.", num_slices=9,
+                 steps=3, seed=1, super_resolve=False)
+    assert plain.attention is None
+    # recording attention does not change the sampled volume
+    assert np.allclose(plain.volume_hu, out.volume_hu, atol=1e-3)

@@ -14,22 +14,14 @@ TINY_VOCAB = (
 def make_tiny_t5(directory: Path, *, d_model: int = 32, seed: int = 0) -> Path:
     """Write a 2-layer T5 encoder and a word-level tokenizer in Hugging Face format to ``directory``."""
     import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast, T5Config, T5EncoderModel
+    from transformers import T5Config, T5EncoderModel
 
-    specials = ["<pad>", "</s>", "<unk>"]
-    vocab = {token: i for i, token in enumerate(specials + [str(n) for n in range(121)] + TINY_VOCAB)}
-    tokenizer = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
-    tokenizer.post_processor = processors.TemplateProcessing(
-        single="$A </s>", special_tokens=[("</s>", vocab["</s>"])]
-    )
-    fast = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, pad_token="<pad>", eos_token="</s>", unk_token="<unk>"
-    )
+    from GenerateCTLib.text_encoder import build_word_tokenizer
+
+    fast = build_word_tokenizer([str(n) for n in range(121)] + TINY_VOCAB)
     torch.manual_seed(seed)
     config = T5Config(
-        vocab_size=len(vocab),
+        vocab_size=len(fast),
         d_model=d_model,
         d_kv=8,
         d_ff=64,
