@@ -153,7 +153,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     stem = out.name.split(".")[0]
     sidecar = out.with_name(stem + ".json")
     attention_dir = out.with_name(stem + "_attention")
-    targets = [out, sidecar] + ([Path(args.preview)] if args.preview else []) + ([attention_dir] if args.attention else [])
+    targets = [out, sidecar]
+    targets += [Path(args.preview)] if args.preview else []
+    targets += [attention_dir] if args.attention else []
     for target in targets:
         if target.exists() and not args.overwrite:
             raise CLIError(f"{target} already exists; pass --overwrite to replace it")
