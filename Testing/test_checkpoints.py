@@ -6,8 +6,6 @@ cost no memory; the end-to-end conversion runs on real ``.pt`` files made from t
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -26,7 +24,7 @@ from GenerateCTLib.super_resolution.unet import SuperResolutionUnet, SuperResolu
 from GenerateCTLib.tokenizer.ctvit import CTViT, CTViTConfig
 from GenerateCTLib.transformer.maskgit import MaskGIT, MaskGITConfig
 from Testing.conftest import PARITY_DIR, load_manifest
-from Testing.tiny_models import make_tiny_t5
+from Testing.tiny_models import reference_kwargs, write_small_official_checkpoints
 
 
 def meta_state(entries: dict) -> dict[str, torch.Tensor]:
@@ -118,45 +116,9 @@ def test_loader_rejects_a_faulty_state_dict_naming_file_and_key(component, fault
 # end to end on small reference weights
 
 
-def reference_kwargs() -> dict:
-    return {
-        "ctvit": json.loads((PARITY_DIR / "ctvit/config.json").read_text())["constructor_kwargs"],
-        "maskgit": json.loads((PARITY_DIR / "maskgit/config.json").read_text())["constructor_kwargs"],
-        "superres": json.loads((PARITY_DIR / "superres/config.json").read_text())["resolved_unet_kwargs(unet._locals)"],
-    }
-
-
 @pytest.fixture(scope="module")
 def official_files(tmp_path_factory):
-    """The parity weights laid out exactly like the three released ``.pt`` files."""
-    root = tmp_path_factory.mktemp("official")
-    ctvit = load_file(PARITY_DIR / "ctvit/state.safetensors")
-    maskgit = load_file(PARITY_DIR / "maskgit/state.safetensors")
-    unet = load_file(PARITY_DIR / "superres/unet_state.safetensors")
-    # training-only entries that the converter must ignore
-    torch.save({**ctvit, "vgg.features.0.weight": torch.randn(4, 3, 3, 3), "discr.conv.weight": torch.randn(2)},
-               root / "ctvit_pretrained.pt")
-    torch.save({**{f"maskgit.{k}": v for k, v in maskgit.items()}, **{f"ctvit.{k}": v for k, v in ctvit.items()}},
-               root / "transformer_pretrained.pt")
-    online = {k: v + 1.0 if v.is_floating_point() else v for k, v in unet.items()}  # not what sampling uses
-    torch.save(
-        {
-            "model": {"unets.0.dummy_parameter": torch.zeros(1), **{f"unets.1.{k}": v for k, v in online.items()}},
-            "ema": {
-                "1.initted": torch.tensor(True),
-                "1.step": torch.tensor(10),
-                **{f"1.ema_model.{k}": v for k, v in unet.items()},
-                **{f"1.online_model.{k}": v for k, v in online.items()},
-            },
-            "steps": torch.tensor([0, 100]),
-            "optim1": {"state": {}, "param_groups": [{"lr": 5e-4, "params": [0, 1]}]},
-            "time_elapsed": 12.5,
-        },
-        root / "superres_pretrained.pt",
-    )
-    (root / "reference.json").write_text(json.dumps(reference_kwargs()))
-    make_tiny_t5(root / "t5")
-    return root
+    return write_small_official_checkpoints(tmp_path_factory.mktemp("official"))
 
 
 def test_convert_cli_writes_a_bundle_that_reproduces_the_reference(official_files, tmp_path):

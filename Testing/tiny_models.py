@@ -64,3 +64,56 @@ def make_tiny_bundle(directory: Path, *, seed: int = 0) -> Path:
         t5 = make_tiny_t5(Path(tmp) / "t5", d_model=d_text, seed=seed)
         return write_bundle(directory, models, name="tiny-random", version="0", source="random init (tests)",
                             text_encoder=t5)
+
+
+def reference_kwargs() -> dict:
+    """The parity fixtures' reference constructor kwargs, as ``--reference-config`` takes them."""
+    import json
+
+    from Testing.conftest import PARITY_DIR
+
+    return {
+        "ctvit": json.loads((PARITY_DIR / "ctvit/config.json").read_text())["constructor_kwargs"],
+        "maskgit": json.loads((PARITY_DIR / "maskgit/config.json").read_text())["constructor_kwargs"],
+        "superres": json.loads((PARITY_DIR / "superres/config.json").read_text())["resolved_unet_kwargs(unet._locals)"],
+    }
+
+
+def write_small_official_checkpoints(root: Path) -> Path:
+    """The parity weights laid out exactly like the three released ``.pt`` files, plus ``reference.json``
+    (their constructor kwargs) and a tiny T5 in ``t5/``."""
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    from Testing.conftest import PARITY_DIR
+
+    ctvit = load_file(PARITY_DIR / "ctvit/state.safetensors")
+    maskgit = load_file(PARITY_DIR / "maskgit/state.safetensors")
+    unet = load_file(PARITY_DIR / "superres/unet_state.safetensors")
+    root.mkdir(parents=True, exist_ok=True)
+    # training-only entries that the converter must ignore
+    torch.save({**ctvit, "vgg.features.0.weight": torch.randn(4, 3, 3, 3), "discr.conv.weight": torch.randn(2)},
+               root / "ctvit_pretrained.pt")
+    torch.save({**{f"maskgit.{k}": v for k, v in maskgit.items()}, **{f"ctvit.{k}": v for k, v in ctvit.items()}},
+               root / "transformer_pretrained.pt")
+    online = {k: v + 1.0 if v.is_floating_point() else v for k, v in unet.items()}  # not what sampling uses
+    torch.save(
+        {
+            "model": {"unets.0.dummy_parameter": torch.zeros(1), **{f"unets.1.{k}": v for k, v in online.items()}},
+            "ema": {
+                "1.initted": torch.tensor(True),
+                "1.step": torch.tensor(10),
+                **{f"1.ema_model.{k}": v for k, v in unet.items()},
+                **{f"1.online_model.{k}": v for k, v in online.items()},
+            },
+            "steps": torch.tensor([0, 100]),
+            "optim1": {"state": {}, "param_groups": [{"lr": 5e-4, "params": [0, 1]}]},
+            "time_elapsed": 12.5,
+        },
+        root / "superres_pretrained.pt",
+    )
+    (root / "reference.json").write_text(json.dumps(reference_kwargs()))
+    make_tiny_t5(root / "t5")
+    return root
