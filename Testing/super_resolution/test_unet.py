@@ -56,6 +56,19 @@ def test_unet_output_matches_reference_in_channels_last(parity_unet, unet_io):
     assert max_diff(out, unet_io["expected.unet_out"]) <= TOL
 
 
+def test_unet_output_matches_reference_one_sample_at_a_time(parity_unet, unet_io):
+    """Batch 1 takes the fused GroupNorm-affine path; it must agree with the batched one."""
+    args = unet_args(unet_io)
+    with torch.no_grad():
+        for i in range(2):
+            out = parity_unet(
+                *(a[i : i + 1] for a in args),
+                unet_io["input.text_embeds"][i : i + 1],
+                unet_io["input.text_mask"][i : i + 1],
+            )
+            assert max_diff(out, unet_io["expected.unet_out"][i : i + 1]) <= TOL
+
+
 def test_unet_intermediates_match_reference(parity_unet, unet_io):
     captured = {}
     hooks = [
