@@ -41,6 +41,7 @@ MAX_IMPRESSION_CHARS = 1000
 DEFAULT_GEOMETRY = {
     "slice_spacing_mm": 1.5,
     "field_of_view_mm": 384.0,  # 3.0 mm × 128 = 0.75 mm × 512
+    "super_resolution_scale": 4,  # 128² → 512²
     # columns: LPS unit vectors of the array axes (z, y, x): z → S, y → P, x → L
     "direction": [[0.0, 0.0, 1.0], [0.0, 1.0, 0.0], [1.0, 0.0, 0.0]],
 }
@@ -239,7 +240,7 @@ class GenerateCTPipeline:
         cond_scale: float = 5.0,
         super_resolve: bool = True,
         sr_steps: int = 25,
-        sr_batch_size: int = 4,
+        sr_batch_size: int | None = None,
         return_attention: bool = False,
         attention_steps: int = 6,
         callback: ProgressCallback | None = None,
@@ -253,9 +254,9 @@ class GenerateCTPipeline:
             num_slices: odd slice count (201 in the released model).
             seed: seeds every random draw (None: a random seed, recorded in the output).
             steps, cond_scale: MaskGIT decoding steps and classifier-free guidance scale.
-            super_resolve, sr_steps, sr_batch_size: the diffusion SR stage, its steps and slices per batch.
-                Each slice draws its noise from its own generator, so the result does not depend on
-                ``sr_batch_size``.
+            super_resolve, sr_steps, sr_batch_size: the diffusion SR stage, its steps and slices per batch
+                (default 1 on the CPU, where larger batches outgrow the caches, and 8 on a GPU). Each slice
+                draws its noise from its own generator, so the result does not depend on ``sr_batch_size``.
             return_attention: record the cross-attention of the last ``attention_steps`` decoding steps
                 and return per-word / per-phrase maps on the output grid.
             callback: called with a :class:`ProgressEvent` after every step; returning ``False`` (or raising
@@ -271,6 +272,8 @@ class GenerateCTPipeline:
             raise ValueError(f"prompt must be non-empty text of at most {MAX_IMPRESSION_CHARS + 40} characters")
         elif any(v is not None for v in (age, sex, impression)):
             raise ValueError("give either prompt, or age, sex and impression, not both")
+        if sr_batch_size is None:
+            sr_batch_size = 8 if self.device.type == "cuda" else 1
         self.check_inputs(
             num_slices=num_slices,
             steps=steps,
@@ -356,6 +359,7 @@ class GenerateCTPipeline:
             "cond_scale": cond_scale,
             "super_resolve": super_resolve,
             "sr_steps": sr_steps if super_resolve else None,
+            "sr_batch_size": sr_batch_size if super_resolve else None,
             "bundle": {"name": self.metadata.get("name"), "version": self.metadata.get("version"),
                        "metadata_sha256": self.bundle_id},
             "generatect_version": __version__,
@@ -378,13 +382,15 @@ class GenerateCTPipeline:
         )
 
     def _super_resolve(self, lowres, text_embeds, text_mask, seed, sr_steps, batch_size, progress) -> np.ndarray:
-        """``(z, 128, 128)`` base output ≈ HU/1000 → ``(z, 512, 512)`` in [0, 1], ``batch_size`` slices at a time."""
+        """``(z, h, w)`` base output ≈ HU/1000 → ``(z, s·h, s·w)`` in [0, 1] (s = the bundle's
+        ``super_resolution_scale``, 4 for 128² → 512²), ``batch_size`` slices at a time."""
         from GenerateCTLib.super_resolution.diffusion_scheduler import DiffusionScheduler
         from GenerateCTLib.super_resolution.sampling import ReplayNoise, sample_super_resolution
 
         unet = self.super_resolution
         z, h, w = lowres.shape
-        size = (4 * h, 4 * w)
+        scale = int(self.geometry_settings["super_resolution_scale"])
+        size = (scale * h, scale * w)
         scheduler = DiffusionScheduler()
         scheduler.set_timesteps(sr_steps)
         text_conditioning = unet.encode_text(text_embeds.to(self.dtype), text_mask)
