@@ -18,6 +18,8 @@ from GenerateCTLib.progress import GenerationCancelled
 
 log = logging.getLogger("generatect")
 
+FORMATS_BY_NAME = {"nii.gz": "nii.gz", "nrrd": "nrrd"}  # --format value -> io.volume_format() result
+
 EXAMPLES_CONVERT = """examples:
   generatect weights convert --ctvit ctvit_pretrained.pt --transformer transformer_pretrained.pt \\
       --superres superres_pretrained.pt --out models/official
@@ -30,6 +32,23 @@ EXAMPLES_GENERATE = """examples:
       --impression "Bilateral pleural effusion." --out ct.nii.gz --preview ct.png
   generatect generate --model PATH --prompt "40 years old female: Cardiomegaly." --no-sr --seed 7 \\
       --out ct.nrrd --progress json
+  generatect generate --model official --prompt "65 years old male: Emphysema." --format dicom \\
+      --no-prompt --out ct_dicom/
+"""
+
+EXAMPLES_EXPORT_DICOM = """examples:
+  generatect export-dicom ct.nii.gz --out ct_dicom            # reads ct.json (provenance) when present
+  generatect export-dicom ct.nrrd --out ct_mf --multiframe --no-prompt --overwrite
+
+Every file is marked synthetic (SyntheticData=YES, a Synthesizing Equipment item, DERIVED image type,
+SYNTHETIC^ patient name). --no-prompt keeps the free-text prompt out of the files.
+"""
+
+EXAMPLES_PUSH = """examples:
+  generatect push ct_dicom --dicomweb http://127.0.0.1:8042/dicom-web
+  generatect push ct_dicom --dimse 127.0.0.1:4242:ORTHANC --calling-aet GENERATECT
+
+The series is queried back afterwards (QIDO-RS or C-FIND) to confirm the PACS lists it.
 """
 
 EXAMPLES_INFO = """examples:
@@ -141,15 +160,32 @@ class _ProgressPrinter:
             self.bar = None
 
 
+def _import_dicom():
+    try:
+        from GenerateCTLib import dicom
+    except ImportError as exc:
+        raise CLIError(str(exc)) from exc
+    return dicom
+
+
 def _cmd_generate(args: argparse.Namespace) -> int:
-    from GenerateCTLib.io import volume_format, write_json, write_volume
+    from GenerateCTLib.io import FORMATS, volume_format, write_json, write_volume
     from GenerateCTLib.pipeline import GenerateCTPipeline, build_prompt
 
     out = Path(args.out)
-    try:
-        volume_format(out)
-    except ValueError as exc:
-        raise CLIError(f"--out: {exc}") from exc
+    if args.format == "dicom":
+        if out.name.lower().endswith(tuple(FORMATS)):
+            raise CLIError(f"--out: with --format dicom, give a folder name, not a volume file ({out})")
+        dicom = _import_dicom()
+    else:
+        if args.no_prompt or args.multiframe:
+            raise CLIError("--no-prompt and --multiframe need --format dicom")
+        try:
+            fmt = volume_format(out)
+        except ValueError as exc:
+            raise CLIError(f"--out: {exc}") from exc
+        if args.format is not None and FORMATS_BY_NAME.get(args.format) != fmt:
+            raise CLIError(f"--out: {out} does not end in .{args.format} (--format {args.format})")
     stem = out.name.split(".")[0]
     sidecar = out.with_name(stem + ".json")
     attention_dir = out.with_name(stem + "_attention")
@@ -185,7 +221,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         )
     finally:
         printer.close()
-    write_volume(out, result.volume_hu, result.geometry, dtype=args.dtype, overwrite=args.overwrite)
+    if args.format == "dicom":
+        dicom.export_generation(out, result, include_prompt=not args.no_prompt, multiframe=args.multiframe,
+                                overwrite=args.overwrite)
+    else:
+        write_volume(out, result.volume_hu, result.geometry, dtype=args.dtype, overwrite=args.overwrite)
     write_json(sidecar, result.provenance, overwrite=args.overwrite)
     written = {"volume": str(out), "provenance": str(sidecar)}
     if result.attention is not None:
@@ -204,6 +244,58 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         print(json.dumps({"event": "done", **written, "seeds": result.seeds}), flush=True)
     else:
         print(f"wrote {', '.join(written.values())}")
+    return 0
+
+
+def sidecar_path(volume: Path) -> Path:
+    """The provenance sidecar ``generate`` writes beside a volume: ``<stem>.json``."""
+    return volume.with_name(volume.name.split(".")[0] + ".json")
+
+
+def _cmd_export_dicom(args: argparse.Namespace) -> int:
+    from GenerateCTLib.io import read_volume, volume_format
+
+    dicom = _import_dicom()
+    volume_path, out = Path(args.volume), Path(args.out)
+    try:
+        volume_format(volume_path)
+    except ValueError as exc:
+        raise CLIError(f"VOLUME: {exc}") from exc
+    if out.exists() and not args.overwrite:
+        raise CLIError(f"{out} already exists; pass --overwrite to replace it")
+    volume, geometry = read_volume(volume_path)
+    sidecar = sidecar_path(volume_path)
+    provenance = None
+    if sidecar.is_file():
+        try:
+            provenance = json.loads(sidecar.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise CLIError(f"provenance sidecar {sidecar} is not valid JSON ({exc})") from exc
+        if not isinstance(provenance, dict):
+            raise CLIError(f"provenance sidecar {sidecar} must hold a JSON object")
+    else:
+        log.warning("no provenance sidecar %s: writing without prompt, model and seed", sidecar)
+    export = dicom.write_dicom(out, volume, geometry, provenance=provenance, include_prompt=not args.no_prompt,
+                               multiframe=args.multiframe, overwrite=args.overwrite)
+    print(f"wrote {len(export.files)} DICOM file(s) to {out} (study {export.study_instance_uid}, "
+          f"series {export.series_instance_uid})")
+    return 0
+
+
+def _cmd_push(args: argparse.Namespace) -> int:
+    try:
+        from GenerateCTLib.pacs import push_folder
+    except ImportError as exc:
+        raise CLIError(str(exc)) from exc
+
+    result = push_folder(args.folder, dicomweb=args.dicomweb, dimse=args.dimse, calling_aet=args.calling_aet,
+                         timeout=args.timeout)
+    method = "QIDO-RS" if args.dicomweb else "C-FIND"
+    for series in result.series:
+        count = "?" if series.num_instances is None else series.num_instances
+        print(f"confirmed by {method}: series {series.series_instance_uid} ({series.series_description!r}, "
+              f"{count} instance(s)) in study {series.study_instance_uid}")
+    print(f"pushed {result.num_instances} instance(s) to {result.destination}")
     return 0
 
 
@@ -273,7 +365,13 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--sr-steps", type=int, default=25, help="diffusion steps (default 25)")
     generate.add_argument("--sr-batch-size", type=int, default=4, help="slices per SR batch (default 4)")
     generate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
-    generate.add_argument("--out", required=True, help="output volume (.nii.gz or .nrrd)")
+    generate.add_argument("--out", required=True,
+                          help="output volume (.nii.gz or .nrrd); a folder with --format dicom")
+    generate.add_argument("--format", choices=tuple(FORMATS_BY_NAME) + ("dicom",),
+                          help="output format (default: from the --out extension); dicom writes a CT series folder")
+    generate.add_argument("--no-prompt", action="store_true", help="DICOM: leave the free-text prompt out of the files")
+    generate.add_argument("--multiframe", action="store_true",
+                          help="DICOM: one Legacy Converted Enhanced CT instance instead of one file per slice")
     generate.add_argument("--dtype", choices=("float32", "int16"), default="int16", help="voxel type (default int16)")
     generate.add_argument("--attention", action="store_true",
                           help="also write per-word/per-phrase cross-attention heatmaps (<out>_attention/)")
@@ -281,6 +379,34 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--progress", choices=("bar", "json", "none"), default="bar", help="progress output")
     generate.add_argument("--overwrite", action="store_true", help="replace existing output files")
     generate.set_defaults(func=_cmd_generate)
+
+    export = commands.add_parser(
+        "export-dicom",
+        help="write a volume (+ its <stem>.json provenance) as a synthetic-marked DICOM CT series",
+        epilog=EXAMPLES_EXPORT_DICOM,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    export.add_argument("volume", metavar="VOLUME", help="a .nii.gz / .nrrd volume in HU")
+    export.add_argument("--out", required=True, help="DICOM folder to create")
+    export.add_argument("--no-prompt", action="store_true", help="leave the free-text prompt out of the files")
+    export.add_argument("--multiframe", action="store_true",
+                        help="one Legacy Converted Enhanced CT instance instead of one file per slice")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    export.set_defaults(func=_cmd_export_dicom)
+
+    push = commands.add_parser(
+        "push",
+        help="send a DICOM folder to a PACS (STOW-RS or C-STORE) and confirm by querying it back",
+        epilog=EXAMPLES_PUSH,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    push.add_argument("folder", metavar="DIR", help="folder of DICOM files")
+    destination = push.add_mutually_exclusive_group(required=True)
+    destination.add_argument("--dicomweb", metavar="URL", help="DICOMweb base URL (STOW-RS + QIDO-RS)")
+    destination.add_argument("--dimse", metavar="HOST:PORT:AET", help="DICOM node (C-STORE + C-FIND)")
+    push.add_argument("--calling-aet", default="GENERATECT", help="our AE title for --dimse (default GENERATECT)")
+    push.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default 60)")
+    push.set_defaults(func=_cmd_push)
 
     weights = commands.add_parser("weights", help="convert model weights")
     weight_commands = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
@@ -318,7 +444,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("generatect: interrupted", file=sys.stderr)
         return 130
-    except (CLIError, ValueError, FileExistsError, FileNotFoundError) as exc:
+    except (CLIError, ValueError, OSError) as exc:  # OSError: unwritable folders, unreachable PACS
         if args.debug:
             raise
         print(f"generatect: error: {exc}", file=sys.stderr)
