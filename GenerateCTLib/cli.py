@@ -51,9 +51,14 @@ EXAMPLES_PUSH = """examples:
 The series is queried back afterwards (QIDO-RS or C-FIND) to confirm the PACS lists it.
 """
 
+EXAMPLES_DOWNLOAD = """examples:
+  generatect weights download                      # into the user cache; then use --model official
+  generatect weights download --from /media/usb/GenerateCT --t5 /media/usb/t5-v1_1-base
+"""
+
 EXAMPLES_INFO = """examples:
   generatect info
-  generatect info --model models/official --verify
+  generatect info --model official --verify
 """
 
 
@@ -89,24 +94,16 @@ def _cmd_weights_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def official_bundle_dir() -> Path:
-    """Where ``weights download``/``convert`` keep the official bundle: the user cache folder."""
-    import os
-
-    base = os.environ.get("GENERATECT_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "generatect"
-    )
-    return Path(base) / "official"
-
-
 def resolve_model(model: str) -> Path:
     """``official`` (the converted official weights in the user cache) or a bundle folder."""
+    from GenerateCTLib.hub import official_bundle_dir
+
     if model == "official":
         path = official_bundle_dir()
         if not path.is_dir():
             raise CLIError(
-                f"--model official: no converted official bundle in {path}; run 'generatect weights convert "
-                f"... --out {path}' first"
+                f"--model official: no official bundle in {path}; run 'generatect weights download' first "
+                "(or 'generatect weights convert ... --out' that folder)"
             )
         return path
     path = Path(model)
@@ -299,6 +296,25 @@ def _cmd_push(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_weights_download(args: argparse.Namespace) -> int:
+    from GenerateCTLib.hub import download_official_bundle, official_bundle_dir
+
+    tqdm_class = None
+    if not args.quiet:
+        from tqdm import tqdm as tqdm_class
+    out = download_official_bundle(
+        args.out or official_bundle_dir(),
+        revision=args.revision,
+        from_dir=args.from_dir,
+        cache_dir=args.cache_dir,
+        text_encoder=args.t5,
+        overwrite=args.overwrite,
+        tqdm_class=tqdm_class,
+    )
+    print(f"wrote bundle {out}")
+    return 0
+
+
 def _cmd_info(args: argparse.Namespace) -> int:
     import platform
 
@@ -316,7 +332,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     if args.model is not None:
         from GenerateCTLib.checkpoints import Bundle
 
-        bundle = Bundle(args.model)
+        bundle = Bundle(resolve_model(args.model))
         if args.verify:
             bundle.verify()
         info["bundle"] = {
@@ -342,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES_INFO,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    info.add_argument("--model", help="a bundle folder to describe")
+    info.add_argument("--model", help="'official' or a bundle folder to describe")
     info.add_argument("--verify", action="store_true", help="recompute the sha256 of every bundle file")
     info.set_defaults(func=_cmd_info)
 
@@ -363,7 +379,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--cond-scale", type=float, default=5.0, help="guidance scale (default 5)")
     generate.add_argument("--no-sr", action="store_true", help="skip super-resolution (fast low-res preview)")
     generate.add_argument("--sr-steps", type=int, default=25, help="diffusion steps (default 25)")
-    generate.add_argument("--sr-batch-size", type=int, default=4, help="slices per SR batch (default 4)")
+    generate.add_argument("--sr-batch-size", type=int, default=None,
+                          help="slices per SR batch (default: 1 on the CPU, 8 on a GPU)")
     generate.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     generate.add_argument("--out", required=True,
                           help="output volume (.nii.gz or .nrrd); a folder with --format dicom")
@@ -410,6 +427,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     weights = commands.add_parser("weights", help="convert model weights")
     weight_commands = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
+    download = weight_commands.add_parser(
+        "download",
+        help="download the official checkpoints (Hugging Face generatect/GenerateCT) and convert them",
+        epilog=EXAMPLES_DOWNLOAD,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    download.add_argument("--out", help="bundle folder (default: the user cache, used by --model official)")
+    download.add_argument("--from", dest="from_dir", help="take the .pt files from this folder (air-gapped copy)")
+    download.add_argument("--revision", default="main", help="hub branch, tag or commit (default main)")
+    download.add_argument("--cache-dir", help="hub download cache (default: <user cache>/generatect/hub)")
+    download.add_argument("--t5", default="google/t5-v1_1-base", help="T5 hub id or local folder to bundle")
+    download.add_argument("--overwrite", action="store_true", help="replace an existing bundle")
+    download.add_argument("--quiet", action="store_true", help="no download progress bars")
+    download.set_defaults(func=_cmd_weights_download)
+
     convert = weight_commands.add_parser(
         "convert",
         help="convert the official GenerateCT .pt checkpoints into a bundle",

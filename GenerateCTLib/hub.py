@@ -3,6 +3,8 @@
 ``huggingface_hub`` keeps the files in its user cache, resumes interrupted downloads and reuses what is
 already there. After each download the file's sha256 is checked against the one the hub announces for
 it (the ETag of a Git-LFS file), and a mismatch deletes the file and stops with an error.
+
+Importing this module is cheap (torch and the hub client load inside the functions).
 """
 
 from __future__ import annotations
@@ -11,9 +13,6 @@ import os
 import re
 from pathlib import Path
 from typing import Any
-
-from GenerateCTLib.checkpoints import convert_official, sha256_file
-from GenerateCTLib.modeling import CheckpointError
 
 OFFICIAL_REPO_ID = "generatect/GenerateCT"
 OFFICIAL_FILES = {
@@ -72,6 +71,9 @@ def fetch_official_checkpoints(
         return _from_local_copy(Path(from_dir))
     from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
 
+    from GenerateCTLib.checkpoints import sha256_file
+    from GenerateCTLib.modeling import CheckpointError
+
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "hub"
     paths = {}
     for key, filename in OFFICIAL_FILES.items():
@@ -113,6 +115,8 @@ def download_official_bundle(
     **fetch_kwargs: Any,
 ) -> Path:
     """Fetch the official checkpoints and convert them into a bundle (default: :func:`official_bundle_dir`)."""
+    from GenerateCTLib.checkpoints import convert_official
+
     files = fetch_official_checkpoints(**fetch_kwargs)
     return convert_official(
         ctvit=files["ctvit"],

@@ -100,3 +100,19 @@ def test_unreachable_hub_and_local_copy(official_files, tmp_path):
     assert paths["superres"].name == "superres_pretrained.pt"
     with pytest.raises(ValueError, match="ctvit_pretrained.pt"):
         fetch_official_checkpoints(from_dir=tmp_path)
+
+
+def test_cli_download_from_a_local_copy_then_use_it_as_official(official_files, tmp_path, monkeypatch, capsys):
+    from GenerateCTLib.cli import main
+
+    monkeypatch.setenv("GENERATECT_HOME", str(tmp_path / "home"))
+    assert main(["info", "--model", "official"]) == 2
+    assert "weights download" in capsys.readouterr().err
+    # the small fixture weights need their reference config: convert through the library, like the CLI does
+    download_official_bundle(from_dir=official_files, reference_config=reference_kwargs(),
+                             text_encoder=official_files / "t5")
+    assert main(["info", "--model", "official", "--verify"]) == 0
+    assert '"verified": true' in capsys.readouterr().out
+    # the real CLI path: released configuration, so these small weights are rejected with the key named
+    assert main(["weights", "download", "--from", str(official_files), "--out", str(tmp_path / "x"), "--quiet"]) == 2
+    assert "missing key" in capsys.readouterr().err and not (tmp_path / "x").exists()
