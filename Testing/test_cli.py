@@ -80,3 +80,23 @@ def test_every_command_has_help_with_examples():
         out = subprocess.run([sys.executable, "-m", "GenerateCTLib.cli", *command, "--help"],
                              capture_output=True, text=True, check=True).stdout
         assert "examples:" in out
+
+
+def test_interrupting_a_generation_leaves_no_files(bundle, tmp_path):
+    import os
+    import signal
+
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "GenerateCTLib.cli", "generate", "--model", str(bundle), "--prompt",
+           "50 years old male: Nodule.", "--slices", "9", "--steps", "400", "--device", "cpu", "--no-sr",
+           "--out", str(out / "ct.nii.gz"), "--preview", str(out / "ct.png"), "--progress", "json"]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    for line in proc.stdout:
+        event = json.loads(line)
+        if event.get("stage") == "sample_tokens" and event["step"] >= 2:
+            proc.send_signal(signal.SIGINT)
+            break
+    proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert not out.exists() or not any(out.iterdir())
