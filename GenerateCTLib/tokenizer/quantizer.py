@@ -8,13 +8,43 @@ Buffers (reference names under ``vq._codebook.``):
 
 Lookup picks ``argmax_k <x / |x|, e_k / |e_k|>`` but returns the **raw** rows ``e_k`` (as the reference
 does, so decoding a normalised row would be wrong for real checkpoints).
+
+Training support (used by :mod:`GenerateCTLib.training`; inference numerics are untouched, ``forward``,
+``ids`` and ``lookup`` never change the buffers):
+
+* :meth:`CosineSimQuantizer.quantize_for_training`: straight-through quantisation ``x + (e - x).detach()``
+  and the commitment loss ``mse(e.detach(), x)`` (vector-quantize-pytorch 1.1.2, ``commitment_weight=1``);
+* :meth:`CosineSimQuantizer.ema_update`: the 1.1.2 ``CosineSimCodebook`` EMA — ``cluster_size`` and the rows
+  are lerped (decay 0.8) towards the counts and the l2-normalised mean of the l2-normalised encoder outputs
+  assigned to each row; rows without assignments in the batch keep their value;
+* :meth:`CosineSimQuantizer.kmeans_init` (spherical k-means on a first batch) and
+  :meth:`CosineSimQuantizer.replace_dead_codes` (rows whose EMA count fell below a threshold are re-seeded
+  with random batch vectors), because tiny training sets otherwise collapse onto a few codes.
 """
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+@dataclasses.dataclass
+class QuantizerTrainingOutput:
+    """Result of :meth:`CosineSimQuantizer.quantize_for_training`.
+
+    Attributes:
+        quantized: ``(..., D)`` straight-through rows (value = raw codebook rows, gradient = identity to
+            the encoder output).
+        ids: ``(...)`` int64 codebook ids.
+        commit_loss: scalar ``mse(rows.detach(), tokens)``.
+    """
+
+    quantized: torch.Tensor
+    ids: torch.Tensor
+    commit_loss: torch.Tensor
 
 
 class CosineSimQuantizer(nn.Module):
@@ -57,3 +87,76 @@ class CosineSimQuantizer(nn.Module):
         """``(..., D)`` -> (quantised ``(..., D)`` raw rows, ids ``(...)``)."""
         ids = self.ids(tokens)
         return self.lookup(ids), ids
+
+    # -- training ------------------------------------------------------------------------------------
+
+    def quantize_for_training(self, tokens: torch.Tensor) -> QuantizerTrainingOutput:
+        """Straight-through quantisation with the commitment loss; does not touch the codebook."""
+        with torch.no_grad():
+            ids = self.ids(tokens)
+            rows = self.lookup(ids).to(tokens.dtype)
+        quantized = tokens + (rows - tokens).detach()
+        commit_loss = F.mse_loss(rows, tokens)
+        return QuantizerTrainingOutput(quantized=quantized, ids=ids, commit_loss=commit_loss)
+
+    @torch.no_grad()
+    def ema_update(self, tokens: torch.Tensor, ids: torch.Tensor, decay: float = 0.8) -> None:
+        """EMA codebook update from a batch: ``tokens (..., D)`` and their ``ids (...)``.
+
+        ``cluster_size ← lerp(cluster_size, counts, 1 − decay)``; for every row hit by the batch,
+        ``e_k ← lerp(e_k, normalize(mean of normalize(x) assigned to k), 1 − decay)`` (not re-normalised,
+        as in vector-quantize-pytorch 1.1.2).
+        """
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"decay={decay!r} is invalid; allowed: a float in [0, 1)")
+        flat = F.normalize(tokens.reshape(-1, tokens.shape[-1]).float(), dim=-1)
+        onehot = F.one_hot(ids.reshape(-1), self.embed.shape[1]).to(flat.dtype)  # (N, K)
+        bins = onehot.sum(dim=0)  # (K,)
+        self.cluster_size.data.lerp_(bins[None].to(self.cluster_size.dtype), 1 - decay)
+        embed_sum = onehot.t() @ flat  # (K, D)
+        new_rows = F.normalize(embed_sum / bins.clamp(min=1)[:, None], dim=-1)
+        hit = (bins > 0)[:, None]
+        target = torch.where(hit, new_rows, self.codebook.float())
+        self.embed.data[0].lerp_(target.to(self.embed.dtype), 1 - decay)
+
+    @torch.no_grad()
+    def kmeans_init(self, tokens: torch.Tensor, *, iterations: int = 10, generator: torch.Generator | None = None):
+        """Spherical k-means of the l2-normalised ``tokens (..., D)``; the centroids become the codebook.
+
+        Starting centroids are random batch vectors (drawn with replacement when the batch has fewer
+        vectors than codes); empty clusters keep their previous centroid. Sets ``cluster_size`` to the
+        final cluster counts and ``initted`` to 1.
+        """
+        flat = F.normalize(tokens.reshape(-1, tokens.shape[-1]).float(), dim=-1)
+        k = self.embed.shape[1]
+        pick = torch.randint(0, flat.shape[0], (k,), generator=generator, device="cpu").to(flat.device)
+        centroids = flat[pick]
+        bins = torch.zeros(k, device=flat.device)
+        for _ in range(max(1, iterations)):
+            assign = (flat @ centroids.t()).argmax(dim=-1)
+            onehot = F.one_hot(assign, k).to(flat.dtype)
+            bins = onehot.sum(dim=0)
+            means = F.normalize(onehot.t() @ flat, dim=-1)
+            centroids = torch.where((bins > 0)[:, None], means, centroids)
+        self.embed.data[0].copy_(centroids.to(self.embed.dtype))
+        self.cluster_size.data[0].copy_(bins.to(self.cluster_size.dtype))
+        self.initted.data.fill_(1.0)
+
+    @torch.no_grad()
+    def replace_dead_codes(
+        self, tokens: torch.Tensor, threshold: float, *, generator: torch.Generator | None = None
+    ) -> int:
+        """Re-seed rows whose EMA count is below ``threshold`` with random l2-normalised ``tokens``.
+
+        The re-seeded rows get ``cluster_size = threshold`` so they are not replaced again at once.
+        Returns the number of replaced rows.
+        """
+        dead = self.cluster_size[0] < threshold
+        count = int(dead.sum())
+        if count == 0:
+            return 0
+        flat = F.normalize(tokens.reshape(-1, tokens.shape[-1]).float(), dim=-1)
+        pick = torch.randint(0, flat.shape[0], (count,), generator=generator, device="cpu").to(flat.device)
+        self.embed.data[0][dead] = flat[pick].to(self.embed.dtype)
+        self.cluster_size.data[0][dead] = threshold
+        return count
