@@ -425,6 +425,10 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default 60)")
     push.set_defaults(func=_cmd_push)
 
+    from GenerateCTLib.training.cli import add_train_command
+
+    add_train_command(commands)
+
     weights = commands.add_parser("weights", help="convert model weights")
     weight_commands = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")
     download = weight_commands.add_parser(

@@ -75,7 +75,8 @@ def test_bad_arguments_give_one_line_and_exit_2(bundle, tmp_path, capsys, extra,
 
 
 def test_every_command_has_help_with_examples():
-    commands = (["generate"], ["weights", "convert"], ["weights", "download"], ["info"], ["export-dicom"], ["push"])
+    commands = (["generate"], ["weights", "convert"], ["weights", "download"], ["info"], ["export-dicom"], ["push"],
+                ["train", "tokenizer"], ["train", "transformer"], ["train", "superres"])
     for command in commands:
         out = subprocess.run([sys.executable, "-m", "GenerateCTLib.cli", *command, "--help"],
                              capture_output=True, text=True, check=True).stdout
