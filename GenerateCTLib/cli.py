@@ -166,6 +166,14 @@ def _import_dicom():
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
+    if args.remote is not None:
+        if args.model is not None:
+            raise CLIError("--model and --remote exclude each other (the server chooses its model)")
+        from GenerateCTLib.server.cli import run_remote_generate
+
+        return run_remote_generate(args)
+    if args.model is None:
+        raise CLIError("--model is required (or --remote URL)")
     from GenerateCTLib.io import FORMATS, volume_format, write_json, write_volume
     from GenerateCTLib.pipeline import GenerateCTPipeline, build_prompt
 
@@ -368,7 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES_GENERATE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    generate.add_argument("--model", required=True, help="'official' or a bundle folder")
+    generate.add_argument("--model", help="'official' or a bundle folder (not with --remote)")
+    generate.add_argument("--remote", help="generate on a GenerateCT server at this URL instead of locally")
+    generate.add_argument("--token-file", help="bearer token for --remote (else $GENERATECT_TOKEN)")
+    generate.add_argument("--ca-bundle", help="CA certificate file to verify an HTTPS --remote server")
     generate.add_argument("--prompt", help='full prompt, e.g. "65 years old male: Cardiomegaly."')
     generate.add_argument("--age", type=int, help="patient age in years (0-120)")
     generate.add_argument("--sex", help="male or female")
@@ -425,8 +436,10 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default 60)")
     push.set_defaults(func=_cmd_push)
 
+    from GenerateCTLib.server.cli import add_serve_command
     from GenerateCTLib.training.cli import add_train_command
 
+    add_serve_command(commands)
     add_train_command(commands)
 
     weights = commands.add_parser("weights", help="convert model weights")

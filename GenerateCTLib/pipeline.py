@@ -284,8 +284,8 @@ class GenerateCTPipeline:
         )
         if seed is None:
             seed = secrets.randbelow(2**31)
-        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
-            raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+        elif isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
         seeds = {"sample_tokens": seed, "super_resolve": seed + 1}
         grid = self.ctvit.token_grid(num_slices)
         # relative step costs: a guided MaskGIT step ≈ 1, an SR step ≈ 0.1 per slice (measured on CPU)
