@@ -436,11 +436,13 @@ def build_parser() -> argparse.ArgumentParser:
     push.add_argument("--timeout", type=float, default=60.0, help="network timeout in seconds (default 60)")
     push.set_defaults(func=_cmd_push)
 
+    from GenerateCTLib.phantom import add_phantom_command
     from GenerateCTLib.server.cli import add_serve_command
     from GenerateCTLib.training.cli import add_train_command
 
     add_serve_command(commands)
     add_train_command(commands)
+    add_phantom_command(commands)
 
     weights = commands.add_parser("weights", help="convert model weights")
     weight_commands = weights.add_subparsers(dest="weights_command", required=True, metavar="ACTION")

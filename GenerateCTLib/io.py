@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from GenerateCTLib.modeling import atomic_write_bytes
+from GenerateCTLib._helpers import atomic_write_bytes
 
 FORMATS = {".nii.gz": "nii.gz", ".nii": "nii", ".nrrd": "nrrd", ".nhdr": "nhdr"}
 

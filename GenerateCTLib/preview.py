@@ -28,8 +28,8 @@ from typing import Literal
 
 import numpy as np
 
+from GenerateCTLib._helpers import atomic_write_bytes
 from GenerateCTLib.io import VolumeGeometry
-from GenerateCTLib.modeling import atomic_write_bytes
 from GenerateCTLib.windowing import LUNG, MEDIASTINAL, WindowPreset, apply_window
 
 SYNTHETIC_NOTE = "SYNTHETIC — research use only"

@@ -1,0 +1,691 @@
+"""The Slicer-free half of the 3D Slicer module ``GenerateCT/GenerateCT.py``: geometry, presets, progress
+lines, settings checks, command lines, process trees and time estimates, all testable with plain pytest.
+
+Nothing here imports ``slicer``, ``qt``, ``vtk`` or ``ctk`` (a test enforces it); the module calls these
+helpers and keeps only the Slicer calls itself (style guide §5.10, Slicer anchors §2 layer A).
+
+Geometry. Our arrays are ``(z, y, x)`` and :class:`GenerateCTLib.io.VolumeGeometry` maps the index
+``(k_z, k_y, k_x)`` to LPS millimetres. Slicer's IJK is ``(i, j, k) = (x, y, z)`` (``i`` the fastest
+array axis) and its world frame is RAS, while ``slicer.util.addVolumeFromArray`` /
+``updateVolumeFromArray`` take the same ``(k, j, i) = (z, y, x)`` array unchanged. So the IJK→RAS
+matrix is the IJK→LPS matrix with its index columns reversed, pre-multiplied by ``diag(-1, -1, 1)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from GenerateCTLib.io import VolumeGeometry
+from GenerateCTLib.windowing import PRESETS, WindowPreset
+
+__all__ = [
+    "COMPUTE_CHOICES",
+    "EXAMPLE_PROMPTS",
+    "MODEL_CHOICES",
+    "SETTINGS_KEYS",
+    "CpuCosts",
+    "DoneLine",
+    "GenerationRequest",
+    "LineBuffer",
+    "ProgressLine",
+    "attention_entries",
+    "build_download_command",
+    "build_generate_command",
+    "cpu_warning_needed",
+    "estimate_cpu_seconds",
+    "find_demo_model",
+    "find_resource",
+    "format_duration",
+    "ijk_to_ras",
+    "kill_process_tree",
+    "node_attributes",
+    "parse_progress_line",
+    "parse_seed",
+    "parse_tqdm_percent",
+    "read_bundle_metadata",
+    "progress_display",
+    "resolve_model",
+    "subprocess_environment",
+    "validate_request",
+    "validate_server",
+    "volume_node_name",
+    "window_presets",
+]
+
+# ----------------------------------------------------------------------------------------------------------
+# Geometry
+# ----------------------------------------------------------------------------------------------------------
+
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def ijk_to_ras(geometry: VolumeGeometry) -> np.ndarray:
+    """4×4 Slicer IJK→RAS matrix of a ``(z, y, x)`` volume placed by ``geometry`` (LPS).
+
+    Column ``i`` (Slicer's fastest axis) is our ``x`` axis, ``j`` is ``y`` and ``k`` is ``z``.
+    """
+    ijk_to_lps = geometry.ijk_to_lps()  # columns: z, y, x, translation
+    matrix = np.eye(4)
+    matrix[:, 0] = ijk_to_lps[:, 2]
+    matrix[:, 1] = ijk_to_lps[:, 1]
+    matrix[:, 2] = ijk_to_lps[:, 0]
+    matrix[:, 3] = ijk_to_lps[:, 3]
+    return LPS_TO_RAS @ matrix
+
+
+def ras_of_index(matrix: np.ndarray, index_zyx: Sequence[float]) -> np.ndarray:
+    """RAS position of array index ``(z, y, x)`` under a Slicer IJK→RAS ``matrix`` (for tests and probes)."""
+    z, y, x = (float(v) for v in index_zyx)
+    return (np.asarray(matrix, dtype=float) @ np.array([x, y, z, 1.0]))[:3]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Display: window presets, node names and attributes
+# ----------------------------------------------------------------------------------------------------------
+
+
+def window_presets() -> list[tuple[str, float, float]]:
+    """``[(name, window_hu, level_hu), ...]`` for Full, Lung and Mediastinal, from :mod:`windowing`."""
+    return [(p.name, p.width_hu, p.level_hu) for p in PRESETS.values()]
+
+
+def window_preset(name: str) -> WindowPreset:
+    try:
+        return PRESETS[name.lower()]
+    except KeyError:
+        raise ValueError(f"window preset {name!r} is unknown; allowed: {[p.name for p in PRESETS.values()]}") from None
+
+
+_PROMPT_RE = re.compile(r"^\s*(\d+)\s+years?\s+old\s+(male|female)\s*:\s*(.*)$", re.IGNORECASE | re.DOTALL)
+
+
+def volume_node_name(prompt: str, *, max_chars: int = 48) -> str:
+    """A short node name from the prompt, e.g. ``"Synthetic CT 65M Cardiomegaly"``."""
+    match = _PROMPT_RE.match(prompt or "")
+    if match:
+        age, sex, impression = match.groups()
+        head = f"Synthetic CT {age}{sex[0].upper()}"
+    else:
+        head, impression = "Synthetic CT", prompt or ""
+    words = re.sub(r"[^\w\s\-]", " ", impression).split()
+    text = ""
+    for word in words:
+        if len(text) + len(word) + 1 > max_chars:
+            text += "…"
+            break
+        text = f"{text} {word}".strip()
+    return f"{head} {text}".strip()
+
+
+def node_attributes(prompt: str, seeds: Mapping[str, int] | None, model: str) -> dict[str, str]:
+    """Node attributes recording provenance; ``GenerateCT.synthetic`` is always ``"true"``."""
+    seeds = dict(seeds or {})
+    return {
+        "GenerateCT.prompt": prompt,
+        "GenerateCT.seed": json.dumps(seeds, sort_keys=True),
+        "GenerateCT.model": model,
+        "GenerateCT.synthetic": "true",
+    }
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Panel inputs
+# ----------------------------------------------------------------------------------------------------------
+
+COMPUTE_CHOICES = ("Auto", "CUDA", "CPU", "Remote")
+MODEL_CHOICES = ("Demo (bundled)", "Official", "Custom folder")
+QUALITY_CHOICES = ("Preview", "Full")
+SETTINGS_KEYS = {
+    # QSettings (per user, outside the scene): the token is never written to a parameter node or scene file
+    "serverUrl": "GenerateCT/ServerURL",
+    "serverToken": "GenerateCT/ServerToken",
+    "verifyTls": "GenerateCT/VerifyTLS",
+    "pacsUrl": "GenerateCT/PacsDICOMwebURL",
+    "customModelFolder": "GenerateCT/CustomModelFolder",
+    "compute": "GenerateCT/Compute",
+    "remoteNotice": "GenerateCT/ShowRemotePromptNotice",
+}
+
+EXAMPLE_PROMPTS = (
+    (65, "male", "Cardiomegaly. Bilateral pleural effusion."),
+    (58, "female", "Right upper lobe mass with mediastinal lymphadenopathy."),
+    (72, "male", "Centrilobular emphysema in both upper lobes."),
+    (45, "female", "Bilateral ground-glass opacities, consistent with viral pneumonia."),
+    (61, "male", "Small left pleural effusion and basal atelectasis."),
+    (39, "female", "No acute cardiopulmonary abnormality."),
+)
+
+
+MAX_SEED = 2**31 - 1
+MAX_GUIDANCE = 20.0
+
+
+def parse_seed(text: str | int | None) -> int | None:
+    """``"random"``/empty → None; otherwise an integer in [0, 2**31 - 1] (the server's limit too)."""
+    if text is None or (isinstance(text, str) and text.strip().lower() in ("", "random")):
+        return None
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ValueError(f"seed {text!r} is invalid; allowed: 'random' or a whole number 0 to {MAX_SEED}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise ValueError(f"seed {value} is out of range; allowed: 0 to {MAX_SEED}")
+    return value
+
+
+@dataclasses.dataclass
+class GenerationRequest:
+    """What the panel asks for (units in names; ``quality`` ``"Preview"`` = base stage only, no SR)."""
+
+    age: int
+    sex: str
+    impression: str
+    seed: int | None = None
+    slices: int = 201
+    quality: str = "Full"
+    steps: int = 18
+    guidance: float = 5.0
+    sr_steps: int = 25
+    compute: str = "Auto"
+
+    @property
+    def super_resolve(self) -> bool:
+        return self.quality == "Full"
+
+
+def validate_request(request: GenerationRequest) -> list[str]:
+    """Every problem with ``request`` as one clear sentence each; an empty list means it can run."""
+    problems = []
+    if isinstance(request.age, bool) or not isinstance(request.age, int) or not 0 <= request.age <= 120:
+        problems.append(f"Age must be a whole number from 0 to 120 (got {request.age!r}).")
+    if request.sex not in ("male", "female"):
+        problems.append(f"Sex must be male or female (got {request.sex!r}).")
+    if not request.impression or not request.impression.strip():
+        problems.append("Write an impression, or pick one from the example prompts.")
+    elif len(request.impression) > 1000:
+        problems.append(f"The impression has {len(request.impression)} characters; at most 1000 are allowed.")
+    if not isinstance(request.slices, int) or request.slices < 1 or request.slices % 2 == 0:
+        problems.append(f"Slices must be an odd number such as 201 (got {request.slices!r}).")
+    elif request.slices > 201:
+        problems.append(f"Slices must be at most 201, the model's training depth (got {request.slices}).")
+    if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
+        problems.append(f"Seed must be 'random' or 0 to {MAX_SEED} (got {request.seed}).")
+    if request.quality not in QUALITY_CHOICES:
+        problems.append(f"Quality must be one of {', '.join(QUALITY_CHOICES)} (got {request.quality!r}).")
+    if not isinstance(request.steps, int) or not 1 <= request.steps <= 100:
+        problems.append(f"Steps must be 1 to 100 (got {request.steps!r}).")
+    if not math.isfinite(request.guidance) or not 0.0 <= request.guidance <= MAX_GUIDANCE:
+        problems.append(f"Guidance must be 0 to {MAX_GUIDANCE:g} (got {request.guidance!r}).")
+    if not isinstance(request.sr_steps, int) or not 1 <= request.sr_steps <= 1000:
+        problems.append(f"Super-resolution steps must be 1 to 1000 (got {request.sr_steps!r}).")
+    if request.compute not in COMPUTE_CHOICES:
+        problems.append(f"Compute must be one of {', '.join(COMPUTE_CHOICES)} (got {request.compute!r}).")
+    return problems
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost",):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def validate_server(url: str, token: str) -> list[str]:
+    """Problems with a remote-server URL and bearer token. Plain ``http://`` is allowed only on loopback,
+    so a token never crosses a network unencrypted."""
+    problems = []
+    url = (url or "").strip()
+    parts = urlsplit(url)
+    if not url:
+        problems.append("Enter the server URL, e.g. https://gpu-server.example.org:8000.")
+    elif parts.scheme not in ("http", "https") or not parts.hostname:
+        problems.append(f"Server URL {url!r} must start with https:// (or http:// for this computer) and name a host.")
+    elif parts.scheme == "http" and not _is_loopback(parts.hostname):
+        problems.append(f"Server URL {url!r} uses plain http to another computer; use https:// to encrypt the token.")
+    elif parts.query or parts.fragment:
+        problems.append(f"Server URL {url!r} must not contain '?' or '#'.")
+    if token and (any(c.isspace() for c in token) or not token.isprintable()):
+        problems.append("The access token must not contain spaces, line breaks or control characters.")
+    elif len(token or "") > 4096:
+        problems.append("The access token is longer than 4096 characters; paste only the token itself.")
+    return problems
+
+
+def find_resource(module_dir: str | os.PathLike, relative: str) -> Path:
+    """A module resource wherever Slicer installed it: ``<module dir>/Resources/<relative>`` (installed
+    extension and source tree), else ``<module dir>/../Resources/<relative>`` (repository-level resources)."""
+    module_dir = Path(module_dir)
+    candidates = [module_dir / "Resources" / relative, module_dir.parent / "Resources" / relative]
+    for path in candidates:
+        if path.is_file():
+            return path
+    raise FileNotFoundError(f"resource {relative!r} not found in {', '.join(str(p.parent) for p in candidates)}")
+
+
+def remote_status(status: Any) -> tuple[str, ProgressLine | None, str | None]:
+    """``(state, progress, error)`` from a server job status (``JobStatus`` object or its JSON dict)."""
+    get = status.get if isinstance(status, Mapping) else (lambda key, default=None: getattr(status, key, default))
+    state = str(getattr(get("status"), "value", get("status")) or "unknown")
+    progress = None
+    if isinstance(get("stage"), str) and _number(get("step")) is not None and (_number(get("total")) or 0) > 0:
+        progress = ProgressLine(get("stage"), int(get("step")), int(get("total")), _number(get("eta_s")),
+                                _number(get("elapsed_s")) or 0.0)
+    return state, progress, get("error")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Models
+# ----------------------------------------------------------------------------------------------------------
+
+DEMO_MODEL_ENV = "GENERATECT_DEMO_MODEL"
+
+
+def demo_model_candidates(module_dir: str | os.PathLike) -> list[Path]:
+    """Where "Demo (bundled)" is looked for, in order:
+
+    1. ``$GENERATECT_DEMO_MODEL`` (an override for developers and tests);
+    2. ``<module dir>/Resources/Models/demo``: the installed extension (CMake installs the repository's
+       ``Resources/Models/demo`` there, beside ``GenerateCT.py``);
+    3. ``<module dir>/../Resources/Models/demo``: a source checkout (``GenerateCT/`` next to ``Resources/``).
+    """
+    module_dir = Path(module_dir)
+    candidates = [Path(os.environ[DEMO_MODEL_ENV])] if os.environ.get(DEMO_MODEL_ENV) else []
+    return candidates + [module_dir / "Resources" / "Models" / "demo", module_dir.parent / "Resources/Models/demo"]
+
+
+def find_demo_model(module_dir: str | os.PathLike) -> Path | None:
+    """The first candidate holding a bundle (``metadata.json``), or None."""
+    for path in demo_model_candidates(module_dir):
+        if (path / "metadata.json").is_file():
+            return path
+    return None
+
+
+def resolve_model(choice: str, module_dir: str | os.PathLike, custom_folder: str = "") -> str:
+    """The ``--model`` value for a panel choice; raises ValueError with what to do when it is missing."""
+    if choice == "Demo (bundled)":
+        path = find_demo_model(module_dir)
+        if path is None:
+            tried = ", ".join(str(p) for p in demo_model_candidates(module_dir))
+            raise ValueError(f"The bundled demo model was not found (looked in {tried}). Choose Official or a folder.")
+        return str(path)
+    if choice == "Official":
+        return "official"  # the CLI resolves the converted bundle in the user cache
+    if choice == "Custom folder":
+        path = Path(custom_folder or "")
+        if not custom_folder or not (path / "metadata.json").is_file():
+            raise ValueError(f"Model folder {custom_folder!r} is not a GenerateCT bundle (no metadata.json in it).")
+        return str(path)
+    raise ValueError(f"model choice {choice!r} is unknown; allowed: {', '.join(MODEL_CHOICES)}")
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Subprocess: command lines, environment, output parsing
+# ----------------------------------------------------------------------------------------------------------
+
+DEVICE_BY_COMPUTE = {"Auto": "auto", "CUDA": "cuda", "CPU": "cpu"}
+
+
+def build_generate_command(python: str, request: GenerationRequest, model: str, out_path: str | os.PathLike,
+                           *, attention: bool = True) -> list[str]:
+    """``[python, -m, GenerateCTLib.cli, generate, ...]`` for a local run with JSON progress lines."""
+    if request.compute not in DEVICE_BY_COMPUTE:
+        raise ValueError(f"compute {request.compute!r} does not run locally; allowed: {sorted(DEVICE_BY_COMPUTE)}")
+    command = [
+        python, "-m", "GenerateCTLib.cli", "generate",
+        "--model", str(model),
+        "--age", str(request.age), "--sex", request.sex, "--impression", request.impression.strip(),
+        "--slices", str(request.slices), "--steps", str(request.steps), "--cond-scale", repr(float(request.guidance)),
+        "--sr-steps", str(request.sr_steps), "--device", DEVICE_BY_COMPUTE[request.compute],
+        "--out", str(out_path), "--progress", "json", "--overwrite",
+    ]
+    if request.seed is not None:
+        command += ["--seed", str(request.seed)]
+    if not request.super_resolve:
+        command.append("--no-sr")
+    if attention:
+        command.append("--attention")
+    return command
+
+
+def build_export_command(python: str, volume: str | os.PathLike, out_dir: str | os.PathLike, *,
+                         include_prompt: bool = True) -> list[str]:
+    """``generatect export-dicom``: the library's synthetic-marked writer, reading the provenance sidecar."""
+    command = [python, "-m", "GenerateCTLib.cli", "export-dicom", str(volume), "--out", str(out_dir), "--overwrite"]
+    return command + ([] if include_prompt else ["--no-prompt"])
+
+
+def build_push_command(python: str, folder: str | os.PathLike, dicomweb_url: str) -> list[str]:
+    """``generatect push --dicomweb``: STOW-RS, then QIDO-RS to confirm the PACS lists the series."""
+    return [python, "-m", "GenerateCTLib.cli", "push", str(folder), "--dicomweb", dicomweb_url]
+
+
+# Packages the worker needs beyond Slicer's own. torch comes from the PyTorch extension's installer; numpy,
+# SimpleITK and requests are Slicer's and are never installed or upgraded by this module.
+LOCAL_REQUIREMENTS = {
+    "transformers": "transformers>=4.40",
+    "sentencepiece": "sentencepiece",
+    "einops": "einops>=0.7",
+    "safetensors": "safetensors>=0.4",
+    "huggingface_hub": "huggingface_hub>=0.20",
+    "tqdm": "tqdm>=4.66",
+}
+PROTECTED_PACKAGES = frozenset({"numpy", "SimpleITK", "requests", "torch", "pydicom"})
+# DICOM writing needs pydicom>=3 while Slicer ships pydicom 2.x for its own DICOM module: these go into a
+# private folder (pip --target --no-deps) that only the worker process sees, on its PYTHONPATH.
+PRIVATE_REQUIREMENTS = ("pydicom>=3.0", "pynetdicom>=3.0")
+
+
+def missing_requirements(is_installed, requirements: Mapping[str, str] | None = None) -> list[str]:
+    """Requirement strings whose import name ``is_installed(name)`` reports missing (protected ones never)."""
+    requirements = LOCAL_REQUIREMENTS if requirements is None else requirements
+    return [req for name, req in requirements.items() if name not in PROTECTED_PACKAGES and not is_installed(name)]
+
+
+def private_packages_dir() -> Path:
+    """``~/.GenerateCT/python-packages``: per-user, outside the install tree and Slicer's site-packages."""
+    return Path.home() / ".GenerateCT" / "python-packages"
+
+
+def build_private_install_command(python: str, target: str | os.PathLike) -> list[str]:
+    return [python, "-m", "pip", "install", "--no-deps", "--upgrade", "--target", str(target), *PRIVATE_REQUIREMENTS]
+
+
+def build_download_command(python: str) -> list[str]:
+    """``generatect weights download``: fetch + convert the official weights into the user cache, where
+    ``--model official`` finds them (tqdm progress bars, parsed by :func:`parse_tqdm_percent`)."""
+    return [python, "-m", "GenerateCTLib.cli", "weights", "download"]
+
+
+def subprocess_environment(base: Mapping[str, str], library_root: str | os.PathLike, compute: str,
+                           extra_paths: Sequence[str | os.PathLike] = ()) -> dict[str, str]:
+    """The child's environment: ``GenerateCTLib`` (and ``extra_paths``) importable, unbuffered output, CUDA
+    hidden for CPU runs."""
+    env = dict(base)
+    paths = [str(library_root), *map(str, extra_paths)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
+    env["PYTHONUNBUFFERED"] = "1"
+    if compute == "CPU":
+        env["CUDA_VISIBLE_DEVICES"] = "-1"
+    return env
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgressLine:
+    stage: str
+    step: int
+    total: int
+    eta_s: float | None
+    elapsed_s: float
+
+
+@dataclasses.dataclass(frozen=True)
+class DoneLine:
+    volume: str
+    provenance: str | None
+    attention: str | None
+    seeds: dict[str, int]
+
+
+def _number(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def parse_progress_line(line: str) -> ProgressLine | DoneLine | None:
+    """One line of ``generatect generate --progress json`` output; None for anything else (log text,
+    warnings, half lines, malformed JSON), which the caller shows in the log instead."""
+    line = (line or "").strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    if data.get("event") == "progress":
+        step, total, elapsed = _number(data.get("step")), _number(data.get("total")), _number(data.get("elapsed_s"))
+        if not isinstance(data.get("stage"), str) or step is None or total is None or total <= 0:
+            return None
+        return ProgressLine(data["stage"], int(step), int(total), _number(data.get("eta_s")), elapsed or 0.0)
+    if data.get("event") == "done" and isinstance(data.get("volume"), str):
+        seeds = data.get("seeds") if isinstance(data.get("seeds"), dict) else {}
+        provenance = data.get("provenance") if isinstance(data.get("provenance"), str) else None
+        attention = data.get("attention") if isinstance(data.get("attention"), str) else None
+        return DoneLine(data["volume"], provenance, attention, {str(k): v for k, v in seeds.items()})
+    return None
+
+
+_TQDM_RE = re.compile(r"(\d{1,3})%\|")
+
+
+def parse_tqdm_percent(line: str) -> int | None:
+    """The last percentage of a tqdm bar in ``line`` (download progress), or None."""
+    found = _TQDM_RE.findall(line or "")
+    return min(int(found[-1]), 100) if found else None
+
+
+class LineBuffer:
+    """Splits arbitrary output chunks (QProcess ``readAll``) into complete lines; ``\\r`` counts as a break
+    so tqdm redraws become lines."""
+
+    def __init__(self):
+        self._pending = ""
+
+    def feed(self, chunk: str | bytes) -> list[str]:
+        if isinstance(chunk, bytes):
+            chunk = chunk.decode("utf-8", errors="replace")
+        parts = re.split(r"\r\n|\r|\n", self._pending + chunk)
+        self._pending = parts.pop()
+        return [p for p in parts if p.strip()]
+
+    def flush(self) -> list[str]:
+        rest, self._pending = self._pending, ""
+        return [rest] if rest.strip() else []
+
+
+STAGES = {  # stage -> (label, share of the progress bar for a full run)
+    "encode_prompt": ("Encoding the prompt", 0.02),
+    "sample_tokens": ("Sampling tokens", 0.38),
+    "decode": ("Decoding the volume", 0.05),
+    "super_resolve": ("Super-resolution", 0.55),
+}
+
+
+def format_duration(seconds: float | None) -> str:
+    if seconds is None or not math.isfinite(seconds):
+        return "estimating…"
+    seconds = max(0, int(round(seconds)))
+    if seconds < 60:
+        return f"{seconds} s"
+    if seconds < 3600:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+
+
+def progress_display(event: ProgressLine, *, super_resolve: bool = True, since_event_s: float = 0.0) -> tuple[int, str]:
+    """``(percent 0-100, "Sampling tokens 4/18 - about 3 min 10 s left")`` for the progress bar.
+
+    A CPU MaskGIT step can take minutes, so the panel calls this every second with ``since_event_s`` (time
+    since the last progress line): the ETA keeps counting down between lines."""
+    stages = [s for s in STAGES if super_resolve or s != "super_resolve"]
+    weights = {s: STAGES[s][1] for s in stages}
+    scale = sum(weights.values())
+    done = 0.0
+    for stage in stages:
+        if stage == event.stage:
+            done += weights[stage] * min(event.step, event.total) / event.total
+            break
+        done += weights[stage]
+    label = STAGES.get(event.stage, (event.stage.replace("_", " ").capitalize(), 0))[0]
+    percent = int(round(100 * done / scale)) if event.stage in weights else 0
+    eta = "" if event.eta_s is None else f" - about {format_duration(max(0.0, event.eta_s - since_event_s))} left"
+    return max(0, min(100, percent)), f"{label} {event.step}/{event.total}{eta}"
+
+
+def attention_entries(attention_dir: str | os.PathLike) -> list[tuple[str, Path]]:
+    """``[(label, nifti path), ...]`` from an ``index.json`` written by :func:`write_attention_maps`;
+    entries whose file is missing or whose name escapes the folder are skipped."""
+    folder = Path(attention_dir)
+    try:
+        index = json.loads((folder / "index.json").read_text())
+    except (OSError, ValueError):
+        return []
+    entries = []
+    for item in index.get("maps", []) if isinstance(index, dict) else []:
+        if not isinstance(item, dict) or not isinstance(item.get("file"), str):
+            continue
+        path = folder / item["file"]
+        if Path(item["file"]).name != item["file"] or not path.is_file():
+            continue
+        entries.append((str(item.get("label") or item["file"]), path))
+    return entries
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Process trees
+# ----------------------------------------------------------------------------------------------------------
+
+
+def popen_new_group_kwargs() -> dict[str, Any]:
+    """``subprocess.Popen`` keyword arguments that make the child lead its own process group/session."""
+    if sys.platform == "win32":
+        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
+    return {"start_new_session": True}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        import psutil
+
+        process = psutil.Process(pid)
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except ImportError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+    except Exception:  # psutil.NoSuchProcess and friends
+        return False
+
+
+def kill_process_tree(pid: int, *, timeout_s: float = 3.0) -> list[int]:
+    """Stop ``pid`` and all its descendants: terminate, wait up to ``timeout_s``, then kill what is left.
+
+    Uses psutil when it is installed (children first, recursively: a launcher such as PythonSlicer
+    would otherwise die alone and leave the worker running). Without psutil, POSIX falls back to
+    signalling the process group (start the child with :func:`popen_new_group_kwargs`), Windows to
+    ``taskkill /T /F``. Returns the pids that were signalled.
+    """
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is not None:
+        try:
+            parent = psutil.Process(pid)
+            processes = parent.children(recursive=True) + [parent]
+        except psutil.NoSuchProcess:
+            return []
+        for process in processes:
+            try:
+                process.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(processes, timeout=timeout_s)
+        for process in alive:
+            try:
+                process.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=timeout_s)
+        return [p.pid for p in processes]
+    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
+        subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], capture_output=True, check=False)
+        return [pid]
+    try:
+        group = os.getpgid(pid)
+    except ProcessLookupError:
+        return []
+    target = (lambda sig: os.killpg(group, sig)) if group == pid else (lambda sig: os.kill(pid, sig))
+    try:
+        target(signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if _alive(pid) or group == pid:
+            target(signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return [pid]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# CPU time estimate
+# ----------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class CpuCosts:
+    """Seconds per unit of work at the released model size on a 2-core CPU (README "Speed", measured by
+    the reference on that kind of machine). A bundle may carry its own under ``metadata["cpu_seconds"]``."""
+
+    maskgit_step_201_slices: float = 127.0  # one guided MaskGIT step for the full 201-slice token grid
+    decode_201_slices: float = 3.35
+    sr_step_per_slice: float = 5.28  # one diffusion step for one 512² slice
+
+    @classmethod
+    def from_metadata(cls, metadata: Mapping[str, Any] | None) -> CpuCosts:
+        values = (metadata or {}).get("cpu_seconds")
+        if not isinstance(values, Mapping):
+            return cls()
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: float(v) for k, v in values.items() if k in known and _number(v) is not None})
+
+
+def read_bundle_metadata(model: str | os.PathLike) -> dict[str, Any]:
+    """A bundle folder's ``metadata.json`` as a dict; ``{}`` for ``"official"``, a missing or a bad file."""
+    try:
+        data = json.loads((Path(model) / "metadata.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def estimate_cpu_seconds(request: GenerationRequest, costs: CpuCosts | None = None) -> float:
+    """Rough CPU wall time of a run: MaskGIT steps scale with the token frames, SR with slices × steps."""
+    costs = costs or CpuCosts()
+    frames = (request.slices + 1) / 2 / 101  # 201 slices = 101 token frames
+    seconds = request.steps * costs.maskgit_step_201_slices * frames + costs.decode_201_slices * request.slices / 201
+    if request.super_resolve:
+        seconds += request.sr_steps * costs.sr_step_per_slice * request.slices
+    return seconds
+
+
+def cpu_warning_needed(request: GenerationRequest, cuda_available: bool | None) -> bool:
+    """Warn before a full-resolution run that will land on the CPU (CPU chosen, or Auto without CUDA)."""
+    if not request.super_resolve:
+        return False
+    return request.compute == "CPU" or (request.compute == "Auto" and not cuda_available)
