@@ -94,10 +94,23 @@ def _cmd_weights_convert(args: argparse.Namespace) -> int:
     return 0
 
 
-def resolve_model(model: str) -> Path:
-    """``official`` (the converted official weights in the user cache) or a bundle folder."""
-    from GenerateCTLib.hub import official_bundle_dir
+def default_model() -> str:
+    """``$GENERATECT_MODEL`` when set, else the bundled demo model."""
+    import os
 
+    return os.environ.get("GENERATECT_MODEL") or "demo"
+
+
+def resolve_model(model: str) -> Path:
+    """``demo`` (bundled), ``official`` (the converted official weights in the user cache) or a bundle folder."""
+    from GenerateCTLib.hub import official_bundle_dir
+    from GenerateCTLib.models import demo_bundle_dir
+
+    if model == "demo":
+        path = demo_bundle_dir()
+        if not (path / "metadata.json").is_file():
+            raise CLIError(f"--model demo: the demo bundle is missing from this installation ({path})")
+        return path
     if model == "official":
         path = official_bundle_dir()
         if not path.is_dir():
@@ -108,7 +121,7 @@ def resolve_model(model: str) -> Path:
         return path
     path = Path(model)
     if not path.is_dir():
-        raise CLIError(f"--model: folder {path} not found (give 'official' or a bundle folder)")
+        raise CLIError(f"--model: folder {path} not found (give 'demo', 'official' or a bundle folder)")
     return path
 
 
@@ -173,7 +186,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
 
         return run_remote_generate(args)
     if args.model is None:
-        raise CLIError("--model is required (or --remote URL)")
+        args.model = default_model()
     from GenerateCTLib.io import FORMATS, volume_format, write_json, write_volume
     from GenerateCTLib.pipeline import GenerateCTPipeline, build_prompt
 
@@ -366,7 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES_INFO,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    info.add_argument("--model", help="'official' or a bundle folder to describe")
+    info.add_argument("--model", help="'demo', 'official' or a bundle folder to describe")
     info.add_argument("--verify", action="store_true", help="recompute the sha256 of every bundle file")
     info.set_defaults(func=_cmd_info)
 
@@ -376,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=EXAMPLES_GENERATE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    generate.add_argument("--model", help="'official' or a bundle folder (not with --remote)")
+    generate.add_argument("--model", help="'demo' (default; or $GENERATECT_MODEL), 'official' or a bundle folder")
     generate.add_argument("--remote", help="generate on a GenerateCT server at this URL instead of locally")
     generate.add_argument("--token-file", help="bearer token for --remote (else $GENERATECT_TOKEN)")
     generate.add_argument("--ca-bundle", help="CA certificate file to verify an HTTPS --remote server")
@@ -384,7 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--age", type=int, help="patient age in years (0-120)")
     generate.add_argument("--sex", help="male or female")
     generate.add_argument("--impression", help="radiology impression text")
-    generate.add_argument("--slices", type=int, default=201, help="odd number of slices (default 201)")
+    generate.add_argument("--slices", type=int, default=None,
+                          help="odd number of slices (default: the model's, 201 for the official model)")
     generate.add_argument("--seed", type=int, help="random seed (default: random, recorded in the sidecar)")
     generate.add_argument("--steps", type=int, default=18, help="MaskGIT decoding steps (default 18)")
     generate.add_argument("--cond-scale", type=float, default=5.0, help="guidance scale (default 5)")

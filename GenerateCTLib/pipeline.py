@@ -234,7 +234,7 @@ class GenerateCTPipeline:
         age: int | None = None,
         sex: str | None = None,
         impression: str | None = None,
-        num_slices: int = 201,
+        num_slices: int | None = None,
         seed: int | None = None,
         steps: int = 18,
         cond_scale: float = 5.0,
@@ -251,7 +251,7 @@ class GenerateCTPipeline:
 
         Args:
             prompt: the full prompt; or give ``age`` (0–120), ``sex`` (male/female) and ``impression``.
-            num_slices: odd slice count (201 in the released model).
+            num_slices: odd slice count (default: the bundle's ``defaults.num_slices``, else 201 as released).
             seed: seeds every random draw (None: a random seed, recorded in the output).
             steps, cond_scale: MaskGIT decoding steps and classifier-free guidance scale.
             super_resolve, sr_steps, sr_batch_size: the diffusion SR stage, its steps and slices per batch
@@ -272,6 +272,8 @@ class GenerateCTPipeline:
             raise ValueError(f"prompt must be non-empty text of at most {MAX_IMPRESSION_CHARS + 40} characters")
         elif any(v is not None for v in (age, sex, impression)):
             raise ValueError("give either prompt, or age, sex and impression, not both")
+        if num_slices is None:
+            num_slices = int(self.metadata.get("defaults", {}).get("num_slices", 201))
         if sr_batch_size is None:
             sr_batch_size = 8 if self.device.type == "cuda" else 1
         self.check_inputs(

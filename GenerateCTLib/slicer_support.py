@@ -301,13 +301,20 @@ def demo_model_candidates(module_dir: str | os.PathLike) -> list[Path]:
     """Where "Demo (bundled)" is looked for, in order:
 
     1. ``$GENERATECT_DEMO_MODEL`` (an override for developers and tests);
-    2. ``<module dir>/Resources/Models/demo``: the installed extension (CMake installs the repository's
-       ``Resources/Models/demo`` there, beside ``GenerateCT.py``);
-    3. ``<module dir>/../Resources/Models/demo``: a source checkout (``GenerateCT/`` next to ``Resources/``).
+    2. ``<module dir>/Resources/Models/demo``: a copy installed beside ``GenerateCT.py``;
+    3. ``<module dir>/../Resources/Models/demo``: the same in a source checkout;
+    4. the bundle shipped inside the library (``GenerateCTLib/models/demo``), which CMake installs with the
+       library and pip installs as package data.
     """
+    from GenerateCTLib.models import demo_bundle_dir
+
     module_dir = Path(module_dir)
     candidates = [Path(os.environ[DEMO_MODEL_ENV])] if os.environ.get(DEMO_MODEL_ENV) else []
-    return candidates + [module_dir / "Resources" / "Models" / "demo", module_dir.parent / "Resources/Models/demo"]
+    return candidates + [
+        module_dir / "Resources" / "Models" / "demo",
+        module_dir.parent / "Resources/Models/demo",
+        demo_bundle_dir(),
+    ]
 
 
 def find_demo_model(module_dir: str | os.PathLike) -> Path | None:

@@ -42,7 +42,7 @@ def add_serve_command(subparsers) -> argparse.ArgumentParser:
         epilog=EXAMPLES_SERVE,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    serve.add_argument("--model", required=True, help="'official' or a bundle folder")
+    serve.add_argument("--model", default="demo", help="'demo' (default), 'official' or a bundle folder")
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, loopback only)")
     serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000)")
     serve.add_argument("--token-file", help="file holding the bearer token (else $GENERATECT_TOKEN)")
