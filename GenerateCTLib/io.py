@@ -124,6 +124,7 @@ def write_volume(
     image.SetDirection(geometry.itk_direction())
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide outputs from other users
     os.close(fd)
     try:
         sitk.WriteImage(image, tmp, useCompression=suffix in (".nii.gz", ".nrrd"))

@@ -414,6 +414,7 @@ class GenerateCTPipeline:
                 scheduler,
                 lowres_01[start:stop],
                 text_conditioning=text_conditioning,
+                output_size=size,
                 noise=noise,
                 callback=lambda done, _total, s=start, n=stop - start: progress(
                     "super_resolve", sr_steps * s + done * n, total
