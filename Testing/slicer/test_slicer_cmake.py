@@ -34,7 +34,12 @@ def test_module_lists_every_python_file_and_resource():
     missing = sorted(on_disk - library)
     assert not missing, f"add to MODULE_LIBRARY_SCRIPTS in GenerateCT/CMakeLists.txt: {missing}"
     assert library - on_disk == set(), f"listed but missing: {sorted(library - on_disk)}"
-    non_python = [p for p in (REPO / "GenerateCTLib").rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")]
+    # the bundled demo model is installed as a folder by its own install(DIRECTORY) rule
+    demo = REPO / "GenerateCTLib" / "models" / "demo"
+    assert "set(DEMO_MODEL_DIR ${PROJECT_SOURCE_DIR}/GenerateCTLib/models/demo)" in text
+    assert "install(DIRECTORY ${DEMO_MODEL_DIR}" in text
+    non_python = [p for p in (REPO / "GenerateCTLib").rglob("*")
+                  if p.is_file() and p.suffix not in (".py", ".pyc") and demo not in p.parents]
     assert non_python == [], f"library data files need a RESOURCES entry: {non_python}"
     module_py = {p.name for p in (REPO / "GenerateCT").glob("*.py")}
     scripts = {s.replace("${MODULE_NAME}", "GenerateCT") for s in cmake_list(text, "MODULE_PYTHON_SCRIPTS")}

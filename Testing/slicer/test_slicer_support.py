@@ -157,11 +157,17 @@ def test_cpu_estimate_and_warning():
 
 
 def test_model_resolution(tmp_path, monkeypatch):
+    import GenerateCTLib.models
+
     monkeypatch.delenv(s.DEMO_MODEL_ENV, raising=False)
+    library_demo = GenerateCTLib.models.demo_bundle_dir()
+    monkeypatch.setattr(GenerateCTLib.models, "demo_bundle_dir", lambda: tmp_path / "no-library-demo")
     module_dir = tmp_path / "repo" / "GenerateCT"
     module_dir.mkdir(parents=True)
     with pytest.raises(ValueError, match="demo model was not found"):
         s.resolve_model("Demo (bundled)", module_dir)
+    monkeypatch.setattr(GenerateCTLib.models, "demo_bundle_dir", lambda: library_demo)
+    assert s.resolve_model("Demo (bundled)", module_dir) == str(library_demo)  # shipped with the library
     source_demo = tmp_path / "repo" / "Resources" / "Models" / "demo"
     source_demo.mkdir(parents=True)
     (source_demo / "metadata.json").write_text("{}")
