@@ -160,9 +160,9 @@ class _ProgressPrinter:
             if event.stage != self.stage:
                 self.close()
                 self.stage = event.stage
-                self.bar = tqdm(total=event.total, desc=event.stage, unit="step", leave=True, file=sys.stderr)
-            self.bar.n = event.step
-            self.bar.refresh()
+                self.bar = tqdm(total=event.total, desc=event.stage, unit="step", leave=True, file=sys.stderr,
+                                mininterval=1.0)
+            self.bar.update(event.step - self.bar.n)  # tqdm throttles the redraws
 
     def close(self) -> None:
         if self.bar is not None:
