@@ -20,6 +20,7 @@ import math
 import os
 import random
 import shutil
+import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -290,6 +291,30 @@ class TrainResult:
     history: dict[str, list[float]]
     seconds: float
     steps_per_second: float
+
+
+def checkpoint_if_due(accelerator, out_dir: str | os.PathLike, config: TrainConfigBase, model, *, step: int,
+                      **state: Any) -> None:
+    """:func:`save_checkpoint` (main process, after a barrier) every ``checkpoint_every`` steps and at the end."""
+    if step % config.checkpoint_every == 0 or step == config.steps:
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            save_checkpoint(out_dir, model, step=step, **state)
+
+
+def finish_training(
+    accelerator, out_dir: str | os.PathLike, config: TrainConfigBase, model, *, step: int,
+    history: dict[str, list[float]], started: float, loop_start: float, loop_steps: int,
+) -> TrainResult:
+    """Save the final ``model`` (eval mode) to ``<out>/model`` with ``train_config.json`` and summarise the run."""
+    elapsed = time.perf_counter() - loop_start
+    model_dir = Path(out_dir) / MODEL_DIR
+    if accelerator.is_main_process:
+        model.eval().save_pretrained(model_dir)
+        config.save(Path(out_dir) / "train_config.json")
+    accelerator.wait_for_everyone()
+    return TrainResult(model_dir, step, history, time.perf_counter() - started,
+                       loop_steps / elapsed if loop_steps else 0.0)
 
 
 def progress_bar(total: int, initial: int, *, desc: str, enabled: bool):

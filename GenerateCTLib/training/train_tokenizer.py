@@ -228,36 +228,16 @@ def train_tokenizer(
         bar.update(1)
         if step % config.log_every == 0:
             bar.set_postfix(mse=f"{values['mse']:.4f}", commit=f"{values['commit']:.4f}")
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            _save(
-                accelerator, out_dir, ctvit, step, optimizer, d_optimizer, scheduler, discriminator, generator, history
-            )
-    bar.close()
-    elapsed = time.perf_counter() - loop_start
-    model_dir = out_dir / common.MODEL_DIR
-    if accelerator.is_main_process:
-        ctvit.eval()
-        ctvit.save_pretrained(model_dir)
-        config.save(out_dir / "train_config.json")
-    accelerator.wait_for_everyone()
-    return common.TrainResult(
-        model_dir, step, history, time.perf_counter() - started, loop_steps / elapsed if loop_steps else 0.0
-    )
-
-
-def _save(accelerator, out_dir, ctvit, step, optimizer, d_optimizer, scheduler, discriminator, generator, history):
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        common.save_checkpoint(
-            out_dir,
-            ctvit,
-            step=step,
-            optimizers={"model": optimizer, "discriminator": d_optimizer},
-            schedulers={"model": scheduler},
-            modules={"discriminator": accelerator.unwrap_model(discriminator)},
-            generator=generator,
-            history=history,
+        common.checkpoint_if_due(
+            accelerator, out_dir, config, ctvit, step=step,
+            optimizers={"model": optimizer, "discriminator": d_optimizer}, schedulers={"model": scheduler},
+            modules={"discriminator": accelerator.unwrap_model(discriminator)}, generator=generator, history=history,
         )
+    bar.close()
+    return common.finish_training(
+        accelerator, out_dir, config, ctvit, step=step, history=history, started=started,
+        loop_start=loop_start, loop_steps=loop_steps,
+    )
 
 
 def load_config(path: str | os.PathLike | None, **overrides: Any) -> TokenizerTrainConfig:

@@ -169,27 +169,14 @@ def train_transformer(
         bar.update(1)
         if step % config.log_every == 0:
             bar.set_postfix(loss=f"{history['loss'][-1]:.3f}", acc=f"{history['accuracy'][-1]:.2f}")
-        if step % config.checkpoint_every == 0 or step == config.steps:
-            accelerator.wait_for_everyone()
-            if accelerator.is_main_process:
-                common.save_checkpoint(
-                    out_dir,
-                    model,
-                    step=step,
-                    optimizers={"model": optimizer},
-                    schedulers={"model": scheduler},
-                    generator=generator,
-                    history=history,
-                )
+        common.checkpoint_if_due(
+            accelerator, out_dir, config, model, step=step, optimizers={"model": optimizer},
+            schedulers={"model": scheduler}, generator=generator, history=history,
+        )
     bar.close()
-    elapsed = time.perf_counter() - loop_start
-    model_dir = out_dir / common.MODEL_DIR
-    if accelerator.is_main_process:
-        model.eval().save_pretrained(model_dir)
-        config.save(out_dir / "train_config.json")
-    accelerator.wait_for_everyone()
-    return common.TrainResult(
-        model_dir, step, history, time.perf_counter() - started, loop_steps / elapsed if loop_steps else 0.0
+    return common.finish_training(
+        accelerator, out_dir, config, model, step=step, history=history, started=started,
+        loop_start=loop_start, loop_steps=loop_steps,
     )
 
 
