@@ -28,7 +28,7 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
-from GenerateCTLib.modeling import PretrainedModel
+from GenerateCTLib.modeling import ModelConfig, PretrainedModel
 
 logger = logging.getLogger(__name__)
 
@@ -40,8 +40,9 @@ T = TypeVar("T", bound="TrainConfigBase")
 
 
 @dataclasses.dataclass
-class TrainConfigBase:
-    """Fields every stage has. Adam betas (0.9, 0.99) and eps 1e-8 are the optimiser helpers of phenaki /
+class TrainConfigBase(ModelConfig):
+    """Fields every stage has (JSON round trip and strict field checking from :class:`ModelConfig`).
+    Adam betas (0.9, 0.99) and eps 1e-8 are the optimiser helpers of phenaki /
     imagen-pytorch the reference trainers call."""
 
     lr: float = 3e-5
@@ -78,19 +79,9 @@ class TrainConfigBase:
             raise ValueError(f"max_grad_norm={self.max_grad_norm!r} is invalid; allowed: a positive float or null")
         self.adam_betas = tuple(self.adam_betas)
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls: type[T], values: Mapping[str, Any], *, source: str = "config") -> T:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown {cls.__name__} field(s) {unknown}; allowed: {sorted(names)}")
-        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
-
     @classmethod
     def from_json(cls: type[T], path: str | os.PathLike) -> T:
+        """Load a ``--config`` file (errors name the file as the user gave it)."""
         path = Path(path)
         if not path.is_file():
             raise ValueError(f"config={str(path)!r} is invalid; allowed: an existing JSON file")
@@ -101,10 +92,6 @@ class TrainConfigBase:
         if not isinstance(values, dict):
             raise ValueError(f"config={str(path)!r} is invalid; allowed: a JSON object of {cls.__name__} fields")
         return cls.from_dict(values, source=str(path))
-
-    def save(self, path: str | os.PathLike) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def lr_factor(step: int, *, warmup_steps: int, total_steps: int, schedule: str) -> float:
