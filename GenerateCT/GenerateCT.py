@@ -1,14 +1,13 @@
 """GenerateCT: synthetic chest CT from a radiology prompt, inside 3D Slicer.
 
-Only Slicer calls live here; everything else (geometry, presets, progress lines, settings checks, command lines,
-process trees, time estimates) is in ``GenerateCTLib/slicer_support.py`` and unit-tested without Slicer.
+Only Slicer calls live here; everything else is unit-tested without Slicer in the library: geometry, presets,
+settings checks, progress text and time estimates in ``GenerateCTLib/slicer_support.py``; command lines, output
+parsing, process trees and remote jobs in ``GenerateCTLib/slicer_worker.py``.
 Generation runs in a separate Python process (``python -m GenerateCTLib.cli generate --progress json``) started
 with ``qt.QProcess``, so the GUI never blocks. Research use only: every volume is synthetic.
 """
 
-import json
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ if str(LIBRARY_ROOT) not in sys.path:
     sys.path.insert(0, str(LIBRARY_ROOT))
 
 from GenerateCTLib import slicer_support as support  # noqa: E402
+from GenerateCTLib import slicer_worker as worker  # noqa: E402
 from GenerateCTLib.io import read_volume  # noqa: E402
 
 
@@ -76,7 +76,7 @@ class GenerateCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._heatmaps = {}  # label -> volume node of the current result
-        self._lastEvent, self._lastEventTime = None, 0.0
+        self._progress = None  # a slicer_support.ProgressClock while a task runs
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -164,12 +164,8 @@ class GenerateCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         choice = self.ui.modelComboBox.currentText
         self.ui.customModelPathLineEdit.setEnabled(choice == "Custom folder" and not remote)
         self.ui.downloadModelButton.setVisible(choice == "Official" and not remote)
-        try:
-            model = "on the server" if remote else support.resolve_model(
-                choice, MODULE_DIR, self.ui.customModelPathLineEdit.currentPath)
-            self.ui.modelStatusLabel.text = "" if remote else f"Model: {model}"
-        except ValueError as error:
-            self.ui.modelStatusLabel.text = str(error)
+        self.ui.modelStatusLabel.text = support.model_status(choice, MODULE_DIR,
+                                                             self.ui.customModelPathLineEdit.currentPath, remote=remote)
 
     def setPrompt(self, age, sex, impression):
         self.ui.ageSpinBox.setValue(age)
@@ -181,10 +177,7 @@ class GenerateCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def request(self):
         self._parameterNode.impression = self.ui.impressionTextEdit.toPlainText()
-        p = self._parameterNode
-        return support.GenerationRequest(
-            age=p.age, sex=p.sex, impression=p.impression, seed=support.parse_seed(p.seed), slices=p.slices,
-            quality=p.quality, steps=p.steps, guidance=p.guidance, sr_steps=p.srSteps, compute=p.compute)
+        return support.GenerationRequest.from_panel(self._parameterNode)
 
     def onGenerateOrCancel(self):
         if self.logic.isRunning():
@@ -193,11 +186,7 @@ class GenerateCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.logTextEdit.clear()
         with slicer.util.tryWithErrorDisplay(_("Cannot start the generation."), waitCursor=True):
             request = self.request()
-            problems = support.validate_request(request)
-            if request.compute == "Remote":
-                problems += support.validate_server(self.ui.serverUrlLineEdit.text, self.ui.serverTokenLineEdit.text)
-            if problems:
-                raise ValueError("\n".join(problems))
+            support.check_request(request, self.ui.serverUrlLineEdit.text, self.ui.serverTokenLineEdit.text)
             if request.compute == "Remote":
                 if not slicer.util.confirmOkCancelDisplay(
                         _("The prompt text is sent to the server. Do not type patient-identifying information."),
@@ -210,39 +199,30 @@ class GenerateCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 model = support.resolve_model(modelChoice, MODULE_DIR, self.ui.customModelPathLineEdit.currentPath)
                 if not self.logic.setupPythonRequirements():
                     return
-                if support.cpu_warning_needed(request, self.logic.cudaAvailable()):
-                    costs = support.CpuCosts.from_metadata(support.read_bundle_metadata(model))
-                    estimate = support.format_duration(support.estimate_cpu_seconds(request, costs))
-                    if not slicer.util.confirmOkCancelDisplay(_(
-                            "This full-resolution run will use the CPU and may take about {estimate}. Preview "
-                            "quality or a GPU is much faster. Continue?").format(estimate=estimate)):
-                        return
+                estimate = support.cpu_warning(request, model, support.cuda_available())  # None: no warning
+                if estimate is not None and not slicer.util.confirmOkCancelDisplay(_(
+                        "This full-resolution run will use the CPU and may take about {estimate}. Preview "
+                        "quality or a GPU is much faster. Continue?").format(estimate=estimate)):
+                    return
                 self.logic.startLocal(request, model, modelChoice)
             self.taskStarted(_("Starting (loading the model)…"), request.super_resolve)
 
     def taskStarted(self, label, superResolve=True):
         self.ui.generateButton.text = _("Cancel")
         self.ui.progressBar.setValue(0)
-        self._taskLabel, self._superResolve = label, superResolve
-        self._lastEvent, self._lastEventTime, self._startTime = None, time.monotonic(), time.monotonic()
+        self._progress = support.ProgressClock(label, super_resolve=superResolve)
         self.heartbeat.start()
 
     def onProgress(self, event):
-        if isinstance(event, int):  # a download percentage
-            self.ui.progressBar.setValue(event)
-            return
-        self._lastEvent, self._lastEventTime = event, time.monotonic()
+        """A ProgressLine, or a download percentage (int)."""
+        self._progress.update(event)
         self.onHeartbeat()
 
     def onHeartbeat(self):
-        elapsed = support.format_duration(time.monotonic() - self._startTime)
-        if self._lastEvent is None:
-            self.ui.statusLabel.text = _("{task} {elapsed} elapsed").format(task=self._taskLabel, elapsed=elapsed)
-            return
-        percent, text = support.progress_display(self._lastEvent, super_resolve=self._superResolve,
-                                                 since_event_s=time.monotonic() - self._lastEventTime)
-        self.ui.progressBar.setValue(percent)
-        self.ui.statusLabel.text = f"{text} ({elapsed} elapsed)"
+        percent, text = self._progress.display(_("{task} {elapsed} elapsed"))
+        if percent is not None:
+            self.ui.progressBar.setValue(percent)
+        self.ui.statusLabel.text = text
 
     def onFinished(self, message, volumeNode, heatmaps):
         self.heartbeat.stop()
@@ -273,12 +253,10 @@ class GenerateCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onTestConnection(self):
         with slicer.util.tryWithErrorDisplay(_("Connection test failed."), waitCursor=True):
             url, token = self.ui.serverUrlLineEdit.text.strip(), self.ui.serverTokenLineEdit.text.strip()
-            problems = support.validate_server(url, token)
-            if problems:
-                raise ValueError("\n".join(problems))
+            support.check_server(url, token)
             self.saveSettings()
             info = self.logic.testConnection(url, token, self.ui.verifyTlsCheckBox.checked)
-            slicer.util.infoDisplay(_("Connected.") + "\n" + json.dumps(info, indent=1, default=str)[:1500])
+            slicer.util.infoDisplay(_("Connected.") + "\n" + support.server_info_text(info))
 
     def onDownloadModel(self):
         if slicer.util.confirmOkCancelDisplay(_("Download the official GenerateCT weights (several GB) once into "
@@ -307,8 +285,11 @@ class GenerateCTLogic(ScriptedLoadableModuleLogic):
         self.progressCallback = lambda event: None
         self.finishedCallback = lambda message, volume, heatmaps: None
         self.process = None
-        self.remote = None
-        self.python = shutil.which("PythonSlicer") or sys.executable
+        self.remote = None  # a slicer_worker.RemoteGeneration, polled by remoteTimer
+        self.remoteTimer = qt.QTimer()
+        self.remoteTimer.setInterval(2000)  # each poll is one short HTTP request (10 s timeout) on the GUI thread
+        self.remoteTimer.timeout.connect(self._pollRemote)
+        self.python = worker.worker_python()
 
     def getParameterNode(self):
         return GenerateCTParameterNode(super().getParameterNode())
@@ -325,7 +306,7 @@ class GenerateCTLogic(ScriptedLoadableModuleLogic):
             slicer.util.errorDisplay(_("Install the PyTorch extension (Extensions Manager), restart, then retry."))
             return False
         torchLogic = PyTorchUtils.PyTorchUtilsLogic()
-        missing = support.missing_requirements(lambda name: _installed(name))
+        missing = worker.missing_requirements()
         if torchLogic.torchInstalled() and not missing:
             return True
         if not slicer.util.confirmOkCancelDisplay(
@@ -338,21 +319,14 @@ class GenerateCTLogic(ScriptedLoadableModuleLogic):
             slicer.util.pip_install(" ".join(missing))
         return True
 
-    def cudaAvailable(self):
-        try:
-            import torch
-
-            return bool(torch.backends.cuda.is_built() and torch.cuda.is_available())
-        except ImportError:
-            return False
-
     # -- local worker process -------------------------------------------------------------------------------------
     def _run(self, command, compute, onDone, extraPaths=()):
         if self.isRunning():
             raise RuntimeError(_("A GenerateCT task is already running."))
-        self.process, self._buffer, self._done, self._onDone = qt.QProcess(), support.LineBuffer(), None, onDone
+        self.process, self._onDone = qt.QProcess(), onDone
+        self._job = worker.WorkerRun(self.logCallback, self.progressCallback)  # a ProgressLine or a download %
         env = qt.QProcessEnvironment()
-        for key, value in support.subprocess_environment(os.environ, LIBRARY_ROOT, compute, extraPaths).items():
+        for key, value in worker.subprocess_environment(os.environ, LIBRARY_ROOT, compute, extraPaths).items():
             env.insert(key, value)
         self.process.setProcessEnvironment(env)
         self.process.setProcessChannelMode(qt.QProcess.MergedChannels)
@@ -362,68 +336,71 @@ class GenerateCTLogic(ScriptedLoadableModuleLogic):
         self.process.start(command[0], command[1:])
 
     def _onOutput(self):
-        for line in self._buffer.feed(self.process.readAllStandardOutput().data()):
-            self._handleLine(line)
-
-    def _handleLine(self, line):
-        parsed = support.parse_progress_line(line)
-        if isinstance(parsed, support.ProgressLine):
-            self.progressCallback(parsed)
-        elif isinstance(parsed, support.DoneLine):
-            self._done = parsed
-        else:
-            self.logCallback(line)
-            percent = support.parse_tqdm_percent(line)
-            if percent is not None:
-                self.progressCallback(percent)
+        self._job.feed(self.process.readAllStandardOutput().data())
 
     def _onProcessFinished(self, exitCode, exitStatus=None):
-        for line in self._buffer.flush():
-            self._handleLine(line)
+        self._job.flush()
         process, self.process = self.process, None
-        cancelled = getattr(self, "_cancelled", False)
-        self._cancelled = False
-        if cancelled:
+        if self._job.cancelled:
             self.finishedCallback(_("Cancelled."), None, {})
         elif exitCode != 0:
             self.finishedCallback(_("Failed (exit code {code}); see the log.").format(code=exitCode), None, {})
         else:
             with slicer.util.tryWithErrorDisplay(_("Loading the result failed.")):
-                self._onDone(self._done)
+                self._onDone(self._job.done)
         process.deleteLater()
 
     def cancel(self):
         """Stops the worker and every process it started (PythonSlicer is a launcher: kill the tree)."""
         if self.remote is not None:
-            self.remote.cancel()
+            self._finishRemote(self.remote.cancel())
         elif self.process is not None:
-            self._cancelled = True
-            support.kill_process_tree(int(self.process.processId()))
+            self._job.cancelled = True
+            worker.kill_process_tree(int(self.process.processId()))
 
     def startLocal(self, request, model, modelLabel):
         outDir = Path(slicer.util.tempDirectory("GenerateCT"))
-        command = support.build_generate_command(self.python, request, model, outDir / "ct.nrrd")
+        command = worker.build_generate_command(self.python, request, model, outDir / "ct.nrrd")
         self._run(command, request.compute, lambda done: self._loadDone(done, modelLabel))
 
     def downloadOfficial(self):
-        self._run(support.build_download_command(self.python), "Auto",
+        self._run(worker.build_download_command(self.python), "Auto",
                   lambda done: self.finishedCallback(_("Official weights are ready."), None, {}))
 
     # -- remote ----------------------------------------------------------------------------------------------------
     def testConnection(self, url, token, verify):
-        return RemoteJob.client(url, token, verify).info()
+        return worker.remote_client(url, token, verify).info()
 
     def startRemote(self, request, url, token, verify):
-        outDir = Path(slicer.util.tempDirectory("GenerateCT"))
-        self.remote = RemoteJob(self, request, url, token, verify, outDir)
+        outDir = slicer.util.tempDirectory("GenerateCT")
+        self.remote = worker.RemoteGeneration(request, url, token, outDir, verify=verify)
+        self.remoteTimer.start()
+
+    def _pollRemote(self):
+        result = self.remote.poll()
+        if result.progress is not None:
+            self.progressCallback(result.progress)
+        if result.finished:
+            self._finishRemote(result)
+
+    def _finishRemote(self, result):
+        self.remoteTimer.stop()
+        self.remote = None
+        if result.done is not None:
+            with slicer.util.tryWithErrorDisplay(_("Loading the result failed.")):
+                self._loadDone(result.done, "remote")
+        elif result.state == "cancelled" and not result.error:
+            self.finishedCallback(_("Cancelled."), None, {})
+        else:
+            message = _("Remote job {state}: {error}").format(state=result.state, error=result.error or "")
+            self.finishedCallback(message, None, {})
 
     # -- results ---------------------------------------------------------------------------------------------------
     def _loadDone(self, done, modelLabel):
         if done is None:
             raise RuntimeError(_("The worker ended without reporting a result."))
-        provenance = json.loads(Path(done.provenance).read_text()) if done.provenance else {}
-        prompt = provenance.get("prompt", "")
-        volume = self.loadVolume(done.volume, prompt, done.seeds, provenance.get("model", {}).get("name", modelLabel))
+        prompt, model = support.provenance_summary(done.provenance, modelLabel)
+        volume = self.loadVolume(done.volume, prompt, done.seeds, model)
         heatmaps = {label: self.loadVolume(path, label, None, None, heatmap=True)
                     for label, path in support.attention_entries(done.attention or "")}
         self.finishedCallback(_("Done: {name}").format(name=volume.GetName()), volume, heatmaps)
@@ -438,9 +415,8 @@ class GenerateCTLogic(ScriptedLoadableModuleLogic):
         if heatmap:
             node.SetAttribute("GenerateCT.heatmap", "true")
             return node
-        for key, value in support.node_attributes(prompt, seeds, model).items():
+        for key, value in support.node_attributes(prompt, seeds, model, file=path).items():
             node.SetAttribute(key, value)
-        node.SetAttribute("GenerateCT.file", str(path))
         displayNode = node.GetDisplayNode()
         displayNode.ResetWindowLevelPresets()
         for _name, window, level in support.window_presets():
@@ -482,86 +458,23 @@ class GenerateCTLogic(ScriptedLoadableModuleLogic):
         source = volumeNode.GetAttribute("GenerateCT.file")
         if not source or not Path(source).is_file():
             raise ValueError(_("The generated file of this volume is gone; generate it again."))
-        folder = Path(slicer.util.tempDirectory("GenerateCT-DICOM"))
-        deps = support.private_packages_dir()
-        steps = [support.build_private_install_command(self.python, deps)] if not (deps / "pydicom").is_dir() else []
-        steps.append(support.build_export_command(self.python, source, folder / "series", include_prompt=includePrompt))
-        if pacsUrl:
-            steps.append(support.build_push_command(self.python, folder / "series", pacsUrl))
+        series = Path(slicer.util.tempDirectory("GenerateCT-DICOM")) / "series"
+        deps = worker.private_packages_dir()
+        steps = worker.build_dicom_commands(self.python, source, series, deps, include_prompt=includePrompt,
+                                            pacs_url=pacsUrl)
 
         def runNext(_done=None, index=0):
-            if index == len(steps) - (1 if pacsUrl else 0):
+            if index == len(steps) - (1 if pacsUrl else 0):  # after the export, before the push
                 from DICOMLib import DICOMUtils
 
-                DICOMUtils.importDicom(str(folder / "series"))
-                self.logCallback(_("Imported into the DICOM database: {folder}").format(folder=folder / "series"))
+                DICOMUtils.importDicom(str(series))
+                self.logCallback(_("Imported into the DICOM database: {folder}").format(folder=series))
             if index == len(steps):
                 self.finishedCallback(_("Saved to DICOM."), None, {})
                 return
             self._run(steps[index], "CPU", lambda done: runNext(done, index + 1), extraPaths=[deps])
 
         runNext()
-
-
-def _installed(name):
-    import importlib.util
-
-    return importlib.util.find_spec(name) is not None
-
-
-class RemoteJob:
-    """Remote generation through the library client (GenerateCTLib.server.client), polled every 2 s with a
-    QTimer. Each poll is one short HTTP request with the client's timeout. Kept small and isolated."""
-
-    @staticmethod
-    def client(url, token, verify):
-        from GenerateCTLib.server.client import GenerateCTClient
-
-        return GenerateCTClient(url, token, verify=verify, timeout=10, retries=1)  # polls run on the GUI thread
-
-    def __init__(self, logic, request, url, token, verify, outDir):
-        self.logic, self.outDir = logic, outDir
-        self.api = self.client(url, token, verify)
-        self.jobId = self.api.submit(age=request.age, sex=request.sex, impression=request.impression,
-                                     seed=request.seed, num_slices=request.slices, steps=request.steps,
-                                     cond_scale=request.guidance, super_resolve=request.super_resolve,
-                                     sr_steps=request.sr_steps, attention=True, format="nrrd")["id"]
-        self.timer = qt.QTimer()
-        self.timer.setInterval(2000)
-        self.timer.timeout.connect(self.poll)
-        self.timer.start()
-
-    def poll(self):
-        try:
-            state, progress, error = support.remote_status(self.api.status(self.jobId))
-            if progress is not None:
-                self.logic.progressCallback(progress)
-            if state == "succeeded":
-                self.timer.stop()
-                volume = self.api.download_result(self.jobId, self.outDir / "ct.nrrd")
-                provenance = self.outDir / "ct.json"
-                provenance.write_text(json.dumps(self.api.provenance(self.jobId)))
-                attention = self.api.download_attention(self.jobId, self.outDir / "ct_attention").parent
-                self._finish(None, support.DoneLine(str(volume), str(provenance), str(attention), {}))
-            elif state in ("failed", "cancelled"):
-                self._finish(_("Remote job {state}: {error}").format(state=state, error=error or ""))
-        except Exception as exc:  # network errors end the job with a message, not a traceback dialog
-            self._finish(_("Remote job error: {error}").format(error=exc))
-
-    def _finish(self, message, done=None):
-        self.timer.stop()
-        self.logic.remote = None
-        if done is None:
-            self.logic.finishedCallback(message, None, {})
-        else:
-            with slicer.util.tryWithErrorDisplay(_("Loading the result failed.")):
-                self.logic._loadDone(done, "remote")
-
-    def cancel(self):
-        try:
-            self.api.cancel(self.jobId)
-        finally:
-            self._finish(_("Cancelled."))
 
 
 class GenerateCTTest(ScriptedLoadableModuleTest):

@@ -1,5 +1,7 @@
-"""The Slicer-free half of the 3D Slicer module ``GenerateCT/GenerateCT.py``: geometry, presets, progress
-lines, settings checks, command lines, process trees and time estimates, all testable with plain pytest.
+"""The panel and scene half of the 3D Slicer module's Slicer-free helpers (``GenerateCT/GenerateCT.py``):
+geometry, window presets, node names and attributes, panel inputs and their checks, models, progress text,
+attention maps and CPU time estimates, all testable with plain pytest. The worker-process half (command
+lines, requirements, output parsing, process trees, remote jobs) is :mod:`GenerateCTLib.slicer_worker`.
 
 Nothing here imports ``slicer``, ``qt``, ``vtk`` or ``ctk`` (a test enforces it); the module calls these
 helpers and keeps only the Slicer calls itself (style guide §5.10, Slicer anchors §2 layer A).
@@ -19,11 +21,8 @@ import json
 import math
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -31,6 +30,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from GenerateCTLib.io import VolumeGeometry
+from GenerateCTLib.slicer_worker import ProgressLine, finite_number
 from GenerateCTLib.windowing import PRESETS, WindowPreset
 
 __all__ = [
@@ -39,28 +39,27 @@ __all__ = [
     "MODEL_CHOICES",
     "SETTINGS_KEYS",
     "CpuCosts",
-    "DoneLine",
     "GenerationRequest",
-    "LineBuffer",
-    "ProgressLine",
+    "ProgressClock",
     "attention_entries",
-    "build_download_command",
-    "build_generate_command",
+    "check_request",
+    "check_server",
+    "cpu_warning",
     "cpu_warning_needed",
+    "cuda_available",
     "estimate_cpu_seconds",
     "find_demo_model",
     "find_resource",
     "format_duration",
     "ijk_to_ras",
-    "kill_process_tree",
+    "model_status",
     "node_attributes",
-    "parse_progress_line",
     "parse_seed",
-    "parse_tqdm_percent",
     "read_bundle_metadata",
     "progress_display",
+    "provenance_summary",
     "resolve_model",
-    "subprocess_environment",
+    "server_info_text",
     "validate_request",
     "validate_server",
     "volume_node_name",
@@ -132,15 +131,18 @@ def volume_node_name(prompt: str, *, max_chars: int = 48) -> str:
     return f"{head} {text}".strip()
 
 
-def node_attributes(prompt: str, seeds: Mapping[str, int] | None, model: str) -> dict[str, str]:
-    """Node attributes recording provenance; ``GenerateCT.synthetic`` is always ``"true"``."""
+def node_attributes(prompt: str, seeds: Mapping[str, int] | None, model: str,
+                    file: str | os.PathLike | None = None) -> dict[str, str]:
+    """Node attributes recording provenance; ``GenerateCT.synthetic`` is always ``"true"``. ``file`` (the
+    generated file, which "Save to DICOM" exports) is recorded as ``GenerateCT.file`` when given."""
     seeds = dict(seeds or {})
-    return {
+    attributes = {
         "GenerateCT.prompt": prompt,
         "GenerateCT.seed": json.dumps(seeds, sort_keys=True),
         "GenerateCT.model": model,
         "GenerateCT.synthetic": "true",
     }
+    return attributes | ({"GenerateCT.file": str(file)} if file is not None else {})
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -207,6 +209,14 @@ class GenerationRequest:
     def super_resolve(self) -> bool:
         return self.quality == "Full"
 
+    @classmethod
+    def from_panel(cls, panel: Any) -> GenerationRequest:
+        """From the panel's parameter node: attributes ``age`` … ``compute`` (``srSteps`` for ``sr_steps``) and
+        ``seed`` as typed text (:func:`parse_seed`: ValueError if it is not a seed)."""
+        return cls(age=panel.age, sex=panel.sex, impression=panel.impression, seed=parse_seed(panel.seed),
+                   slices=panel.slices, quality=panel.quality, steps=panel.steps, guidance=panel.guidance,
+                   sr_steps=panel.srSteps, compute=panel.compute)
+
 
 def validate_request(request: GenerationRequest) -> list[str]:
     """Every problem with ``request`` as one clear sentence each; an empty list means it can run."""
@@ -236,6 +246,16 @@ def validate_request(request: GenerationRequest) -> list[str]:
     if request.compute not in COMPUTE_CHOICES:
         problems.append(f"Compute must be one of {', '.join(COMPUTE_CHOICES)} (got {request.compute!r}).")
     return problems
+
+
+def check_request(request: GenerationRequest, server_url: str = "", token: str = "") -> None:
+    """Raise ValueError listing every problem of ``request``, one a line (and of ``server_url`` and ``token``
+    when it runs remotely: :func:`validate_server`); return if it can run."""
+    problems = validate_request(request)
+    if request.compute == "Remote":
+        problems += validate_server(server_url, token)
+    if problems:
+        raise ValueError("\n".join(problems))
 
 
 def _is_loopback(host: str) -> bool:
@@ -268,6 +288,18 @@ def validate_server(url: str, token: str) -> list[str]:
     return problems
 
 
+def check_server(url: str, token: str) -> None:
+    """Raise ValueError listing every problem of the server URL and token (:func:`validate_server`)."""
+    problems = validate_server(url, token)
+    if problems:
+        raise ValueError("\n".join(problems))
+
+
+def server_info_text(info: Mapping[str, Any], *, max_chars: int = 1500) -> str:
+    """A server's ``/v1/info`` answer as indented JSON for a message box, cut at ``max_chars``."""
+    return json.dumps(info, indent=1, default=str)[:max_chars]
+
+
 def find_resource(module_dir: str | os.PathLike, relative: str) -> Path:
     """A module resource wherever Slicer installed it: ``<module dir>/Resources/<relative>`` (installed
     extension and source tree), else ``<module dir>/../Resources/<relative>`` (repository-level resources)."""
@@ -277,17 +309,6 @@ def find_resource(module_dir: str | os.PathLike, relative: str) -> Path:
         if path.is_file():
             return path
     raise FileNotFoundError(f"resource {relative!r} not found in {', '.join(str(p.parent) for p in candidates)}")
-
-
-def remote_status(status: Any) -> tuple[str, ProgressLine | None, str | None]:
-    """``(state, progress, error)`` from a server job status (``JobStatus`` object or its JSON dict)."""
-    get = status.get if isinstance(status, Mapping) else (lambda key, default=None: getattr(status, key, default))
-    state = str(getattr(get("status"), "value", get("status")) or "unknown")
-    progress = None
-    if isinstance(get("stage"), str) and _number(get("step")) is not None and (_number(get("total")) or 0) > 0:
-        progress = ProgressLine(get("stage"), int(get("step")), int(get("total")), _number(get("eta_s")),
-                                _number(get("elapsed_s")) or 0.0)
-    return state, progress, get("error")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -343,172 +364,20 @@ def resolve_model(choice: str, module_dir: str | os.PathLike, custom_folder: str
     raise ValueError(f"model choice {choice!r} is unknown; allowed: {', '.join(MODEL_CHOICES)}")
 
 
-# ----------------------------------------------------------------------------------------------------------
-# Subprocess: command lines, environment, output parsing
-# ----------------------------------------------------------------------------------------------------------
-
-DEVICE_BY_COMPUTE = {"Auto": "auto", "CUDA": "cuda", "CPU": "cpu"}
-
-
-def build_generate_command(python: str, request: GenerationRequest, model: str, out_path: str | os.PathLike,
-                           *, attention: bool = True) -> list[str]:
-    """``[python, -m, GenerateCTLib.cli, generate, ...]`` for a local run with JSON progress lines."""
-    if request.compute not in DEVICE_BY_COMPUTE:
-        raise ValueError(f"compute {request.compute!r} does not run locally; allowed: {sorted(DEVICE_BY_COMPUTE)}")
-    command = [
-        python, "-m", "GenerateCTLib.cli", "generate",
-        "--model", str(model),
-        "--age", str(request.age), "--sex", request.sex, "--impression", request.impression.strip(),
-        "--slices", str(request.slices), "--steps", str(request.steps), "--cond-scale", repr(float(request.guidance)),
-        "--sr-steps", str(request.sr_steps), "--device", DEVICE_BY_COMPUTE[request.compute],
-        "--out", str(out_path), "--progress", "json", "--overwrite",
-    ]
-    if request.seed is not None:
-        command += ["--seed", str(request.seed)]
-    if not request.super_resolve:
-        command.append("--no-sr")
-    if attention:
-        command.append("--attention")
-    return command
-
-
-def build_export_command(python: str, volume: str | os.PathLike, out_dir: str | os.PathLike, *,
-                         include_prompt: bool = True) -> list[str]:
-    """``generatect export-dicom``: the library's synthetic-marked writer, reading the provenance sidecar."""
-    command = [python, "-m", "GenerateCTLib.cli", "export-dicom", str(volume), "--out", str(out_dir), "--overwrite"]
-    return command + ([] if include_prompt else ["--no-prompt"])
-
-
-def build_push_command(python: str, folder: str | os.PathLike, dicomweb_url: str) -> list[str]:
-    """``generatect push --dicomweb``: STOW-RS, then QIDO-RS to confirm the PACS lists the series."""
-    return [python, "-m", "GenerateCTLib.cli", "push", str(folder), "--dicomweb", dicomweb_url]
-
-
-# Packages the worker needs beyond Slicer's own. torch comes from the PyTorch extension's installer; numpy,
-# SimpleITK and requests are Slicer's and are never installed or upgraded by this module.
-LOCAL_REQUIREMENTS = {
-    "transformers": "transformers>=4.40",
-    "sentencepiece": "sentencepiece",
-    "einops": "einops>=0.7",
-    "safetensors": "safetensors>=0.4",
-    "huggingface_hub": "huggingface_hub>=0.20",
-    "tqdm": "tqdm>=4.66",
-}
-PROTECTED_PACKAGES = frozenset({"numpy", "SimpleITK", "requests", "torch", "pydicom"})
-# DICOM writing needs pydicom>=3 while Slicer ships pydicom 2.x for its own DICOM module: these go into a
-# private folder (pip --target --no-deps) that only the worker process sees, on its PYTHONPATH.
-PRIVATE_REQUIREMENTS = ("pydicom>=3.0", "pynetdicom>=3.0")
-
-
-def missing_requirements(is_installed, requirements: Mapping[str, str] | None = None) -> list[str]:
-    """Requirement strings whose import name ``is_installed(name)`` reports missing (protected ones never)."""
-    requirements = LOCAL_REQUIREMENTS if requirements is None else requirements
-    return [req for name, req in requirements.items() if name not in PROTECTED_PACKAGES and not is_installed(name)]
-
-
-def private_packages_dir() -> Path:
-    """``~/.GenerateCT/python-packages``: per-user, outside the install tree and Slicer's site-packages."""
-    return Path.home() / ".GenerateCT" / "python-packages"
-
-
-def build_private_install_command(python: str, target: str | os.PathLike) -> list[str]:
-    return [python, "-m", "pip", "install", "--no-deps", "--upgrade", "--target", str(target), *PRIVATE_REQUIREMENTS]
-
-
-def build_download_command(python: str) -> list[str]:
-    """``generatect weights download``: fetch + convert the official weights into the user cache, where
-    ``--model official`` finds them (tqdm progress bars, parsed by :func:`parse_tqdm_percent`)."""
-    return [python, "-m", "GenerateCTLib.cli", "weights", "download"]
-
-
-def subprocess_environment(base: Mapping[str, str], library_root: str | os.PathLike, compute: str,
-                           extra_paths: Sequence[str | os.PathLike] = ()) -> dict[str, str]:
-    """The child's environment: ``GenerateCTLib`` (and ``extra_paths``) importable, unbuffered output, CUDA
-    hidden for CPU runs."""
-    env = dict(base)
-    paths = [str(library_root), *map(str, extra_paths)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
-    env["PYTHONUNBUFFERED"] = "1"
-    if compute == "CPU":
-        env["CUDA_VISIBLE_DEVICES"] = "-1"
-    return env
-
-
-@dataclasses.dataclass(frozen=True)
-class ProgressLine:
-    stage: str
-    step: int
-    total: int
-    eta_s: float | None
-    elapsed_s: float
-
-
-@dataclasses.dataclass(frozen=True)
-class DoneLine:
-    volume: str
-    provenance: str | None
-    attention: str | None
-    seeds: dict[str, int]
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        return None
-    return float(value)
-
-
-def parse_progress_line(line: str) -> ProgressLine | DoneLine | None:
-    """One line of ``generatect generate --progress json`` output; None for anything else (log text,
-    warnings, half lines, malformed JSON), which the caller shows in the log instead."""
-    line = (line or "").strip()
-    if not line.startswith("{"):
-        return None
+def model_status(choice: str, module_dir: str | os.PathLike, custom_folder: str = "", *, remote: bool = False) -> str:
+    """The panel's model line: ``"Model: <bundle folder or official>"``, what is wrong with the choice, or
+    nothing for a remote run (the server uses its own model)."""
+    if remote:
+        return ""
     try:
-        data = json.loads(line)
-    except ValueError:
-        return None
-    if not isinstance(data, dict):
-        return None
-    if data.get("event") == "progress":
-        step, total, elapsed = _number(data.get("step")), _number(data.get("total")), _number(data.get("elapsed_s"))
-        if not isinstance(data.get("stage"), str) or step is None or total is None or total <= 0:
-            return None
-        return ProgressLine(data["stage"], int(step), int(total), _number(data.get("eta_s")), elapsed or 0.0)
-    if data.get("event") == "done" and isinstance(data.get("volume"), str):
-        seeds = data.get("seeds") if isinstance(data.get("seeds"), dict) else {}
-        provenance = data.get("provenance") if isinstance(data.get("provenance"), str) else None
-        attention = data.get("attention") if isinstance(data.get("attention"), str) else None
-        return DoneLine(data["volume"], provenance, attention, {str(k): v for k, v in seeds.items()})
-    return None
+        return f"Model: {resolve_model(choice, module_dir, custom_folder)}"
+    except ValueError as error:
+        return str(error)
 
 
-_TQDM_RE = re.compile(r"(\d{1,3})%\|")
-
-
-def parse_tqdm_percent(line: str) -> int | None:
-    """The last percentage of a tqdm bar in ``line`` (download progress), or None."""
-    found = _TQDM_RE.findall(line or "")
-    return min(int(found[-1]), 100) if found else None
-
-
-class LineBuffer:
-    """Splits arbitrary output chunks (QProcess ``readAll``) into complete lines; ``\\r`` counts as a break
-    so tqdm redraws become lines."""
-
-    def __init__(self):
-        self._pending = ""
-
-    def feed(self, chunk: str | bytes) -> list[str]:
-        if isinstance(chunk, bytes):
-            chunk = chunk.decode("utf-8", errors="replace")
-        parts = re.split(r"\r\n|\r|\n", self._pending + chunk)
-        self._pending = parts.pop()
-        return [p for p in parts if p.strip()]
-
-    def flush(self) -> list[str]:
-        rest, self._pending = self._pending, ""
-        return [rest] if rest.strip() else []
-
+# ----------------------------------------------------------------------------------------------------------
+# Progress and results
+# ----------------------------------------------------------------------------------------------------------
 
 STAGES = {  # stage -> (label, share of the progress bar for a full run)
     "encode_prompt": ("Encoding the prompt", 0.02),
@@ -549,6 +418,42 @@ def progress_display(event: ProgressLine, *, super_resolve: bool = True, since_e
     return max(0, min(100, percent)), f"{label} {event.step}/{event.total}{eta}"
 
 
+class ProgressClock:
+    """The progress bar and status text of a running task, refreshed every second by the panel: the elapsed
+    time since the start, and (through :func:`progress_display`) the ETA counting down since the last
+    progress line. ``clock`` returns seconds (``time.monotonic``; tests pass their own)."""
+
+    def __init__(self, label: str, *, super_resolve: bool = True, clock: Callable[[], float] = time.monotonic):
+        self.label, self.super_resolve, self._clock = label, super_resolve, clock
+        self.start_s = self.event_s = clock()
+        self.event: ProgressLine | None = None
+        self.percent: int | None = None  # the last download percentage, while there is no progress line
+
+    def update(self, event: ProgressLine | int) -> None:
+        """Record a progress line, or a download percentage (0-100, from a tqdm bar)."""
+        if isinstance(event, ProgressLine):
+            self.event, self.event_s = event, self._clock()
+        else:
+            self.percent = max(0, min(100, int(event)))
+
+    def display(self, waiting: str = "{task} {elapsed} elapsed") -> tuple[int | None, str]:
+        """``(percent for the bar or None to leave it, status text)``. Until the first progress line the text is
+        ``waiting`` with ``{task}`` (the label) and ``{elapsed}`` filled in (the panel passes it translated)."""
+        elapsed = format_duration(self._clock() - self.start_s)
+        if self.event is None:
+            return self.percent, waiting.format(task=self.label, elapsed=elapsed)
+        percent, text = progress_display(self.event, super_resolve=self.super_resolve,
+                                         since_event_s=self._clock() - self.event_s)
+        return percent, f"{text} ({elapsed} elapsed)"
+
+
+def provenance_summary(path: str | os.PathLike | None, default_model: str) -> tuple[str, str]:
+    """``(prompt, model name)`` from a provenance sidecar, ``("", default_model)`` without one; OSError or
+    ValueError if it cannot be read."""
+    provenance = json.loads(Path(path).read_text()) if path else {}
+    return provenance.get("prompt", ""), provenance.get("model", {}).get("name", default_model)
+
+
 def attention_entries(attention_dir: str | os.PathLike) -> list[tuple[str, Path]]:
     """``[(label, nifti path), ...]`` from an ``index.json`` written by :func:`write_attention_maps`;
     entries whose file is missing or whose name escapes the folder are skipped."""
@@ -566,87 +471,6 @@ def attention_entries(attention_dir: str | os.PathLike) -> list[tuple[str, Path]
             continue
         entries.append((str(item.get("label") or item["file"]), path))
     return entries
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Process trees
-# ----------------------------------------------------------------------------------------------------------
-
-
-def popen_new_group_kwargs() -> dict[str, Any]:
-    """``subprocess.Popen`` keyword arguments that make the child lead its own process group/session."""
-    if sys.platform == "win32":
-        return {"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP}
-    return {"start_new_session": True}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        import psutil
-
-        process = psutil.Process(pid)
-        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
-    except ImportError:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    except Exception:  # psutil.NoSuchProcess and friends
-        return False
-
-
-def kill_process_tree(pid: int, *, timeout_s: float = 3.0) -> list[int]:
-    """Stop ``pid`` and all its descendants: terminate, wait up to ``timeout_s``, then kill what is left.
-
-    Uses psutil when it is installed (children first, recursively: a launcher such as PythonSlicer
-    would otherwise die alone and leave the worker running). Without psutil, POSIX falls back to
-    signalling the process group (start the child with :func:`popen_new_group_kwargs`), Windows to
-    ``taskkill /T /F``. Returns the pids that were signalled.
-    """
-    try:
-        import psutil
-    except ImportError:
-        psutil = None
-    if psutil is not None:
-        try:
-            parent = psutil.Process(pid)
-            processes = parent.children(recursive=True) + [parent]
-        except psutil.NoSuchProcess:
-            return []
-        for process in processes:
-            try:
-                process.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(processes, timeout=timeout_s)
-        for process in alive:
-            try:
-                process.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=timeout_s)
-        return [p.pid for p in processes]
-    if sys.platform == "win32":  # pragma: no cover - exercised on Windows only
-        subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], capture_output=True, check=False)
-        return [pid]
-    try:
-        group = os.getpgid(pid)
-    except ProcessLookupError:
-        return []
-    target = (lambda sig: os.killpg(group, sig)) if group == pid else (lambda sig: os.kill(pid, sig))
-    try:
-        target(signal.SIGTERM)
-        deadline = time.monotonic() + timeout_s
-        while _alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        if _alive(pid) or group == pid:
-            target(signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    return [pid]
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -669,7 +493,7 @@ class CpuCosts:
         if not isinstance(values, Mapping):
             return cls()
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: float(v) for k, v in values.items() if k in known and _number(v) is not None})
+        return cls(**{k: float(v) for k, v in values.items() if k in known and finite_number(v) is not None})
 
 
 def read_bundle_metadata(model: str | os.PathLike) -> dict[str, Any]:
@@ -696,3 +520,20 @@ def cpu_warning_needed(request: GenerationRequest, cuda_available: bool | None) 
     if not request.super_resolve:
         return False
     return request.compute == "CPU" or (request.compute == "Auto" and not cuda_available)
+
+
+def cpu_warning(request: GenerationRequest, model: str | os.PathLike, cuda_available: bool | None) -> str | None:
+    """The rough duration (:func:`format_duration`) of a run that needs the warning of
+    :func:`cpu_warning_needed`, with the costs of the ``model`` bundle when it records them; None: no warning."""
+    if not cpu_warning_needed(request, cuda_available):
+        return None
+    return format_duration(estimate_cpu_seconds(request, CpuCosts.from_metadata(read_bundle_metadata(model))))
+
+
+def cuda_available() -> bool:
+    """True if torch is installed, built with CUDA and sees a GPU (imports torch; False without it)."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.backends.cuda.is_built() and torch.cuda.is_available())

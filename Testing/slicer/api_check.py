@@ -16,7 +16,8 @@ Checks (each problem is one string naming the line):
 4. ``self.ui.<widget>`` exists in the .ui, and what is used on it exists on that widget's class; calling a Qt
    property (``text()``, ``value()``) is flagged, because PythonQt exposes properties as plain attributes;
 5. class names passed to ``AddNewNodeByClass`` / ``CreateNodeByClass`` / ``nodeClassName=`` exist;
-6. names used from ``GenerateCTLib.slicer_support`` (imported as ``support``) exist.
+6. names used from the library modules ``GenerateCTLib.slicer_support`` and ``GenerateCTLib.slicer_worker``
+   (imported as ``support`` and ``worker``) exist.
 """
 
 from __future__ import annotations
@@ -180,12 +181,13 @@ def _qt_property_names(qt_class) -> set[str]:
 
 
 class ApiChecker:
-    def __init__(self, manifest: dict | None = None, ui_classes: dict[str, str] | None = None, support_module=None):
+    def __init__(self, manifest: dict | None = None, ui_classes: dict[str, str] | None = None,
+                 library_modules: dict | None = None):
         self.m = Manifest(manifest or load_manifest())
         self.ui_classes = ui_classes or {}
-        self.support = support_module
+        self.library = library_modules or {}  # name in GenerateCTLib (e.g. "slicer_support") -> module
         self.counts = {"slicer_paths": 0, "keyword_calls": 0, "camel_methods": 0, "ui_members": 0,
-                       "node_classes": 0, "support_names": 0}
+                       "node_classes": 0, "library_names": 0}
 
     # -- helpers ---------------------------------------------------------------------------------------------
     def _problem(self, node, text):
@@ -273,11 +275,10 @@ class ApiChecker:
                     if self.m.python_module_names(f"{node.module}.{alias.name}") is not None:
                         module_aliases[local] = f"{node.module}.{alias.name}"
 
-        support_alias = None
+        library_aliases: dict[str, str] = {}  # local name -> library module name (support -> slicer_support)
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module == "GenerateCTLib":
-                support_alias = next((a.asname or a.name for a in node.names if a.name == "slicer_support"), None)
-                support_alias = support_alias or None
+                library_aliases.update({a.asname or a.name: a.name for a in node.names if a.name in self.library})
 
         attribute_parents = set()
         for node in ast.walk(tree):
@@ -294,10 +295,11 @@ class ApiChecker:
                     self.counts["slicer_paths"] += 1
                     if parts[1] not in (self.m.python_module_names(module_aliases[parts[0]]) or set()):
                         self._problem(node, f"{'.'.join(parts)}: {module_aliases[parts[0]]} has no {parts[1]!r}")
-                elif parts and support_alias and parts[0] == support_alias and self.support is not None:
-                    self.counts["support_names"] += 1
-                    if not hasattr(self.support, parts[1]):
-                        self._problem(node, f"{'.'.join(parts)}: GenerateCTLib.slicer_support has no {parts[1]!r}")
+                elif parts and parts[0] in library_aliases:
+                    self.counts["library_names"] += 1
+                    module = library_aliases[parts[0]]
+                    if not hasattr(self.library[module], parts[1]):
+                        self._problem(node, f"{'.'.join(parts)}: GenerateCTLib.{module} has no {parts[1]!r}")
                 # 4. self.ui.<widget>.<member>
                 if parts and parts[:2] == ["self", "ui"] and self.ui_classes:
                     self._check_ui(node, parts)
@@ -328,7 +330,7 @@ class ApiChecker:
             if isinstance(func, ast.Attribute) and CAMEL.match(func.attr):
                 root = parts[0] if parts else None
                 ui_member = bool(parts) and parts[:2] == ["self", "ui"]
-                if root in ("slicer", support_alias) or root in module_aliases or ui_member:
+                if root == "slicer" or root in library_aliases or root in module_aliases or ui_member:
                     continue  # checked above with the exact class/module
                 self.counts["camel_methods"] += 1
                 if parts == ["self", func.attr] or (parts and len(parts) == 2 and parts[0] == "self"):
@@ -382,5 +384,6 @@ class ApiChecker:
         return problems
 
 
-def load_support():
-    return importlib.import_module("GenerateCTLib.slicer_support")
+def load_library_modules() -> dict:
+    """The library modules the Slicer module imports by name: ``{"slicer_support": module, ...}``."""
+    return {name: importlib.import_module(f"GenerateCTLib.{name}") for name in ("slicer_support", "slicer_worker")}

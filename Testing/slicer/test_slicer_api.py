@@ -3,7 +3,7 @@
 from pathlib import Path
 
 import pytest
-from api_check import ApiChecker, load_support, ui_widget_classes
+from api_check import ApiChecker, load_library_modules, ui_widget_classes
 
 REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "GenerateCT" / "GenerateCT.py"
@@ -12,7 +12,7 @@ UI = REPO / "GenerateCT" / "Resources" / "UI" / "GenerateCT.ui"
 
 @pytest.fixture(scope="module")
 def checker():
-    return ApiChecker(ui_classes=ui_widget_classes(UI), support_module=load_support())
+    return ApiChecker(ui_classes=ui_widget_classes(UI), library_modules=load_library_modules())
 
 
 def test_module_uses_only_existing_slicer_qt_vtk_api(checker):
@@ -38,12 +38,14 @@ def test_module_uses_only_existing_slicer_qt_vtk_api(checker):
     ("self.ui.noSuchWidget.show()", "no widget of that name"),
     ("self.undefinedHelper()", "self.undefinedHelper() is not defined"),
     ("support.no_such_helper()", "slicer_support has no 'no_such_helper'"),
+    ("worker.no_such_helper()", "slicer_worker has no 'no_such_helper'"),
+    ("support.WorkerRun(print, print)", "slicer_support has no 'WorkerRun'"),
     ("t = PyTorchUtils.PyTorchUtilsLogic(); t.installTorch(askConfirmation=False, torchVersion='>=2')",
      "no keyword 'torchVersion'"),
 ])
 def test_checker_catches_typos(checker, snippet, expected):
     source = f"import slicer\nimport PyTorchUtils\nfrom GenerateCTLib import slicer_support as support\n" \
-             f"def f(self, node, a, m):\n    {snippet}\n"
+             f"from GenerateCTLib import slicer_worker as worker\ndef f(self, node, a, m):\n    {snippet}\n"
     problems = checker.check(source)
     assert any(expected in p for p in problems), problems
 

@@ -1,14 +1,11 @@
-"""Unit tests of GenerateCTLib.slicer_support (the Slicer-free half of the Slicer module)."""
+"""Unit tests of GenerateCTLib.slicer_support (the panel and scene half of the Slicer module's helpers)."""
 
 import json
-import subprocess
-import sys
-import time
 
 import pytest
 
 from GenerateCTLib import slicer_support as s
-from GenerateCTLib.cli import build_parser
+from GenerateCTLib import slicer_worker as w
 from GenerateCTLib.windowing import LUNG, MEDIASTINAL
 
 
@@ -26,35 +23,13 @@ def test_window_presets_come_from_windowing():
         s.window_preset("bone")
 
 
-def test_progress_lines_are_parsed_and_junk_is_log_text():
-    line = json.dumps({"event": "progress", "stage": "sample_tokens", "step": 3, "total": 18, "eta_s": 40.0,
-                       "elapsed_s": 12.5})
-    assert s.parse_progress_line(line) == s.ProgressLine("sample_tokens", 3, 18, 40.0, 12.5)
-    done = s.parse_progress_line('{"event": "done", "volume": "/t/ct.nrrd", "provenance": "/t/ct.json", '
-                                 '"attention": "/t/ct_attention", "seeds": {"sample_tokens": 7}}')
-    assert done == s.DoneLine("/t/ct.nrrd", "/t/ct.json", "/t/ct_attention", {"sample_tokens": 7})
-    for junk in ("", "loading bundle", "{not json", "[1, 2]", '{"event": "progress", "stage": 3}',
-                 '{"event": "progress", "stage": "decode", "step": 1, "total": 0}', '{"event": "done"}',
-                 '{"event": "progress", "stage": "decode", "step": NaN, "total": 2}', "\x00\xff"):
-        assert s.parse_progress_line(junk) is None
-
-
-def test_line_buffer_joins_chunks_and_splits_carriage_returns():
-    buffer = s.LineBuffer()
-    assert buffer.feed(b'{"event": "prog') == []
-    assert buffer.feed('ress"}\nhalf') == ['{"event": "progress"}']
-    assert buffer.feed("\r 10%|##   \r 20%|####\r\n") == ["half", " 10%|##   ", " 20%|####"]
-    assert buffer.feed("tail") == [] and buffer.flush() == ["tail"]
-    assert s.parse_tqdm_percent(" 20%|####  | 2/10") == 20 and s.parse_tqdm_percent("no bar") is None
-
-
 def test_progress_display_counts_down_between_lines():
-    event = s.ProgressLine("sample_tokens", 9, 18, 600.0, 60.0)
+    event = w.ProgressLine("sample_tokens", 9, 18, 600.0, 60.0)
     percent, text = s.progress_display(event, super_resolve=True)
     assert 15 < percent < 30 and text == "Sampling tokens 9/18 - about 10 min 00 s left"
     assert s.progress_display(event, since_event_s=30)[1].endswith("about 9 min 30 s left")
     assert s.progress_display(event, super_resolve=False)[0] > percent  # no SR: the base stages fill the bar
-    assert s.progress_display(s.ProgressLine("super_resolve", 25, 25, 0.0, 1.0))[0] == 100
+    assert s.progress_display(w.ProgressLine("super_resolve", 25, 25, 0.0, 1.0))[0] == 100
     assert s.format_duration(None) == "estimating…" and s.format_duration(7300) == "2 h 01 min"
 
 
@@ -87,58 +62,6 @@ def test_request_validation_messages():
 def test_server_validation(url, token, expected):
     problems = s.validate_server(url, token)
     assert (problems == []) if expected is None else any(expected in p for p in problems), problems
-
-
-def test_generate_command_is_accepted_by_the_cli_parser(tmp_path):
-    command = s.build_generate_command("python", request(quality="Preview", guidance=4.5), "models/demo",
-                                       tmp_path / "ct.nrrd")
-    assert command[:4] == ["python", "-m", "GenerateCTLib.cli", "generate"]
-    args = build_parser().parse_args(command[3:])
-    assert (args.age, args.sex, args.slices, args.seed, args.cond_scale) == (65, "male", 9, 7, 4.5)
-    assert args.no_sr and args.attention and args.progress == "json" and args.device == "cpu"
-    assert "--seed" not in s.build_generate_command("python", request(seed=None), "m", "o.nrrd")
-    with pytest.raises(ValueError, match="locally"):
-        s.build_generate_command("python", request(compute="Remote"), "m", "o.nrrd")
-    export = build_parser().parse_args(s.build_export_command("py", "ct.nrrd", "out", include_prompt=False)[3:])
-    assert export.no_prompt and export.out == "out"
-    download = build_parser().parse_args(s.build_download_command("py")[3:])
-    assert download.command == "weights" and download.out is None
-    push = build_parser().parse_args(s.build_push_command("py", "out", "https://pacs/dicom-web")[3:])
-    assert push.dicomweb == "https://pacs/dicom-web"
-
-
-def test_subprocess_environment(tmp_path):
-    env = s.subprocess_environment({"PYTHONPATH": "/a", "X": "1"}, tmp_path, "CPU", extra_paths=["/deps"])
-    assert env["PYTHONPATH"].split(":" if sys.platform != "win32" else ";") == [str(tmp_path), "/deps", "/a"]
-    assert env["CUDA_VISIBLE_DEVICES"] == "-1" and env["PYTHONUNBUFFERED"] == "1" and env["X"] == "1"
-    assert "CUDA_VISIBLE_DEVICES" not in s.subprocess_environment({}, tmp_path, "Auto")
-
-
-def test_missing_requirements_never_touch_slicer_packages():
-    reqs = {"numpy": "numpy>=2", "SimpleITK": "SimpleITK", "requests": "requests", "einops": "einops>=0.7"}
-    assert s.missing_requirements(lambda name: False, reqs) == ["einops>=0.7"]
-    assert not any(r.split(">")[0] in s.PROTECTED_PACKAGES for r in s.LOCAL_REQUIREMENTS.values())
-    assert "--no-deps" in s.build_private_install_command("py", "/t") and "--target" in s.build_private_install_command(
-        "py", "/t")
-
-
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX process groups")
-@pytest.mark.parametrize("use_psutil", [True, False])
-def test_kill_process_tree_stops_children(monkeypatch, use_psutil):
-    if not use_psutil:
-        monkeypatch.setitem(sys.modules, "psutil", None)  # import psutil -> ImportError: the killpg fallback
-    code = ("import subprocess, sys, time; c = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)']);"
-            " print(c.pid, flush=True); time.sleep(60)")
-    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                              **s.popen_new_group_kwargs())
-    child = int(parent.stdout.readline())
-    s.kill_process_tree(parent.pid, timeout_s=2.0)
-    parent.wait(timeout=5)
-    deadline = time.monotonic() + 5
-    while s._alive(child) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not s._alive(child)
-    assert s.kill_process_tree(parent.pid) == [] or use_psutil is False
 
 
 def test_cpu_estimate_and_warning():
@@ -191,6 +114,9 @@ def test_names_attributes_and_attention_index(tmp_path):
     attributes = s.node_attributes("p", {"sample_tokens": 3}, "demo")
     assert attributes["GenerateCT.synthetic"] == "true" and json.loads(attributes["GenerateCT.seed"]) == {
         "sample_tokens": 3}
+    assert "GenerateCT.file" not in attributes
+    volume = tmp_path / "ct.nrrd"
+    assert s.node_attributes("p", None, "demo", file=volume)["GenerateCT.file"] == str(volume)
     (tmp_path / "00_phrase_a.nii.gz").write_bytes(b"x")
     (tmp_path / "index.json").write_text(json.dumps({"maps": [
         {"label": "phrase: a", "file": "00_phrase_a.nii.gz"}, {"label": "gone", "file": "01_missing.nii.gz"},
@@ -199,9 +125,72 @@ def test_names_attributes_and_attention_index(tmp_path):
     assert s.attention_entries(tmp_path / "nowhere") == []
 
 
-def test_remote_status_accepts_the_server_json():
-    state, progress, error = s.remote_status({"status": "running", "stage": "decode", "step": 1, "total": 2,
-                                              "eta_s": 5.0, "elapsed_s": 3.0})
-    assert state == "running" and progress == s.ProgressLine("decode", 1, 2, 5.0, 3.0) and error is None
-    assert s.remote_status({"status": "failed", "error": "CUDA out of memory"}) == (
-        "failed", None, "CUDA out of memory")
+def test_request_from_the_panel_and_checks_that_raise():
+    from types import SimpleNamespace
+
+    panel = SimpleNamespace(age=58, sex="female", impression="Right upper lobe mass.", seed="42", slices=9,
+                            quality="Preview", steps=4, guidance=3.5, srSteps=10, compute="Remote")
+    assert s.GenerationRequest.from_panel(panel) == request(age=58, sex="female", impression="Right upper lobe mass.",
+                                                            seed=42, quality="Preview", steps=4, guidance=3.5,
+                                                            sr_steps=10, compute="Remote")
+    assert s.GenerationRequest.from_panel(SimpleNamespace(**{**vars(panel), "seed": "random"})).seed is None
+    with pytest.raises(ValueError, match="seed"):
+        s.GenerationRequest.from_panel(SimpleNamespace(**{**vars(panel), "seed": "x"}))
+    s.check_request(request())  # local: the server fields are not looked at
+    s.check_request(request(compute="Remote"), "http://127.0.0.1:8000", "tok")
+    with pytest.raises(ValueError, match="Enter the server URL") as raised:
+        s.check_request(request(age=130, compute="Remote"), "", "")
+    assert str(raised.value).splitlines()[0].startswith("Age must")  # one problem a line, request first
+    s.check_server("https://gpu.example.org", "tok")
+    with pytest.raises(ValueError, match="plain http"):
+        s.check_server("http://gpu.example.org", "tok")
+
+
+def test_model_status_line(tmp_path):
+    (tmp_path / "metadata.json").write_text("{}")
+    assert s.model_status("Custom folder", tmp_path, str(tmp_path)) == f"Model: {tmp_path}"
+    assert s.model_status("Official", tmp_path) == "Model: official"
+    assert "not a GenerateCT bundle" in s.model_status("Custom folder", tmp_path, str(tmp_path / "nowhere"))
+    assert s.model_status("Custom folder", tmp_path, "", remote=True) == ""  # the server uses its own model
+
+
+def test_progress_clock_counts_elapsed_and_eta_between_events():
+    now = [100.0]
+    clock = s.ProgressClock("Starting…", super_resolve=False, clock=lambda: now[0])
+    now[0] = 105.0
+    assert clock.display() == (None, "Starting… 5 s elapsed")
+    assert clock.display("{task} / {elapsed}") == (None, "Starting… / 5 s")  # the panel's translated template
+    clock.update(42)  # a download percentage
+    assert clock.display() == (42, "Starting… 5 s elapsed")
+    event = w.ProgressLine("sample_tokens", 9, 18, 600.0, 60.0)
+    clock.update(event)
+    now[0] = 135.0
+    percent, text = clock.display()
+    assert (percent, text) == (s.progress_display(event, super_resolve=False, since_event_s=30)[0],
+                               "Sampling tokens 9/18 - about 9 min 30 s left (35 s elapsed)")
+
+
+def test_provenance_summary_cpu_warning_and_server_info(tmp_path):
+    sidecar = tmp_path / "ct.json"
+    sidecar.write_text(json.dumps({"prompt": "65 years old male: Cardiomegaly.", "model": {"name": "demo-v0.1"}}))
+    assert s.provenance_summary(sidecar, "remote") == ("65 years old male: Cardiomegaly.", "demo-v0.1")
+    assert s.provenance_summary(None, "remote") == ("", "remote")
+    sidecar.write_text("{}")
+    assert s.provenance_summary(sidecar, "demo") == ("", "demo")
+    assert s.cpu_warning(request(quality="Preview"), "official", cuda_available=False) is None
+    assert s.cpu_warning(request(compute="Auto"), "official", cuda_available=True) is None
+    assert s.cpu_warning(request(slices=201), "official", cuda_available=None) == s.format_duration(
+        s.estimate_cpu_seconds(request(slices=201)))
+    (tmp_path / "metadata.json").write_text(json.dumps({"cpu_seconds": {"maskgit_step_201_slices": 0.1,
+                                                                        "sr_step_per_slice": 0.01}}))
+    own = s.CpuCosts(maskgit_step_201_slices=0.1, sr_step_per_slice=0.01)  # the bundle's own costs are used
+    assert s.cpu_warning(request(), tmp_path, cuda_available=False) == "2 s" == s.format_duration(
+        s.estimate_cpu_seconds(request(), own))
+    assert isinstance(s.cuda_available(), bool)
+    text = s.server_info_text({"ready": True, "bundle": {"name": "tiny"}, "blob": "x" * 5000})
+    assert text.startswith('{\n "ready": true') and len(text) == 1500
+
+
+def test_cuda_available_without_torch(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "torch", None)  # import torch -> ImportError
+    assert s.cuda_available() is False
