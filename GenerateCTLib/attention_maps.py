@@ -45,8 +45,10 @@ equals trilinear interpolation of the token grid. An output grid larger than the
 (super-resolution, e.g. 201x512x512) is assumed to cover the same field of view. Each map is min-max
 normalised to [0, 1]; a constant map becomes all zeros.
 
-Memory: one float32 map is ``z*y*x*4`` bytes (about 210 MB at 201x512x512). :func:`iter_attention_maps`
-yields them one at a time for :func:`write_attention_maps`; :func:`build_attention_maps` keeps them all.
+Memory: one float32 map is ``z*y*x*4`` bytes (about 210 MB at 201x512x512). :func:`build_attention_maps`
+returns an :class:`AttentionMaps` mapping that keeps every map on the token grid and upsamples one when it
+is looked up, so :func:`write_attention_maps` (and the pipeline, CLI and server) hold one map at a time;
+:func:`iter_attention_maps` yields them one at a time too.
 """
 
 from __future__ import annotations
@@ -365,6 +367,50 @@ def _check_attention(attention: Any, grid: Sequence[int]) -> tuple[np.ndarray, t
     return attention, grid
 
 
+def _unit_attention(attention: np.ndarray, units: Iterable[TextUnit]) -> Iterator[tuple[str, np.ndarray]]:
+    """``(label, (n,) mean attention over the unit's text columns)`` per unit; ``attention`` is ``(n, L)``."""
+    for unit in units:
+        if not unit.columns or max(unit.columns) >= attention.shape[1] or min(unit.columns) < 0:
+            raise ValueError(
+                f"units: {unit.label!r} has columns {unit.columns}; allowed: indices in [0, {attention.shape[1]})"
+            )
+        yield unit.label, attention[:, list(unit.columns)].mean(axis=1)
+
+
+def _normalised_on_grid(values: np.ndarray, grid: tuple[int, int, int]) -> tuple[np.ndarray, bool]:
+    on_grid = values.reshape(grid)  # (t, h, w)
+    low, high = on_grid.min(), on_grid.max()
+    flat = not high - low > _CONSTANT_RTOL * max(abs(high), abs(low))
+    # normalise on the grid first (float64); the upsampled map is re-stretched exactly onto [0, 1]
+    return (np.zeros_like(on_grid) if flat else (on_grid - low) / (high - low)), bool(flat)
+
+
+class AttentionMaps(Mapping[str, np.ndarray]):
+    """The heatmaps of one volume: a read-only mapping ``label -> (z, y, x) float32 map in [0, 1]``.
+
+    Maps are kept on the token grid and upsampled when looked up (not cached): a 201×512×512 map is about
+    0.2 GB, so iterating over :meth:`items` holds one map at a time however many words the prompt has.
+    """
+
+    def __init__(self, grid_maps: Mapping[str, tuple[np.ndarray, bool]], output_shape: Sequence[int]):
+        self._grid_maps = dict(grid_maps)
+        self.output_shape = _check_shape("output_shape", output_shape)
+
+    def __getitem__(self, label: str) -> np.ndarray:
+        on_grid, flat = self._grid_maps[label]
+        return normalize_map(upsample_token_grid(on_grid, self.output_shape), constant=flat)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._grid_maps)
+
+    def __len__(self) -> int:
+        return len(self._grid_maps)
+
+    def grid_map(self, label: str) -> np.ndarray:
+        """The ``(t, h, w)`` token-grid map of ``label``, normalised to [0, 1]."""
+        return self._grid_maps[label][0].copy()
+
+
 def iter_attention_maps(
     attention: torch.Tensor | np.ndarray,
     *,
@@ -382,17 +428,9 @@ def iter_attention_maps(
     """
     attention, grid = _check_attention(attention, grid)
     output_shape = _check_shape("output_shape", output_shape)
-    for unit in units:
-        if not unit.columns or max(unit.columns) >= attention.shape[1] or min(unit.columns) < 0:
-            raise ValueError(
-                f"units: {unit.label!r} has columns {unit.columns}; allowed: indices in [0, {attention.shape[1]})"
-            )
-        on_grid = attention[:, list(unit.columns)].mean(axis=1).reshape(grid)  # (t, h, w)
-        low, high = on_grid.min(), on_grid.max()
-        flat = not high - low > _CONSTANT_RTOL * max(abs(high), abs(low))
-        # normalise on the grid first (float64), then re-stretch the upsampled map exactly onto [0, 1]
-        on_grid = np.zeros_like(on_grid) if flat else (on_grid - low) / (high - low)
-        yield unit.label, normalize_map(upsample_token_grid(on_grid, output_shape), constant=flat)
+    for label, values in _unit_attention(attention, units):
+        on_grid, flat = _normalised_on_grid(values, grid)
+        yield label, normalize_map(upsample_token_grid(on_grid, output_shape), constant=flat)
 
 
 def build_attention_maps(
@@ -404,7 +442,7 @@ def build_attention_maps(
     tokenizer,
     token_ids: torch.Tensor | np.ndarray,
     output_shape: Sequence[int],
-) -> dict[str, np.ndarray]:
+) -> AttentionMaps:
     """Per-phrase and per-word heatmaps of one generated volume.
 
     Args:
@@ -418,8 +456,8 @@ def build_attention_maps(
             super-resolution).
 
     Returns:
-        ``{label: (z, y, x) float32 in [0, 1]}``, labels ``"phrase: <text>"`` (reading order) then
-        ``"word: <word>"`` (see the module docstring).
+        :class:`AttentionMaps`, a mapping ``{label: (z, y, x) float32 in [0, 1]}`` upsampled on lookup, labels
+        ``"phrase: <text>"`` (reading order) then ``"word: <word>"`` (see the module docstring).
     """
     attention, grid = _check_attention(attention, grid)
     units = find_text_units(prompt, impression, tokenizer, token_ids)
@@ -427,7 +465,9 @@ def build_attention_maps(
         raise ValueError(
             f"attention shape {attention.shape} is invalid; allowed: (n, L) with L = len(token_ids) = {len(token_ids)}"
         )
-    return dict(iter_attention_maps(attention, grid=grid, units=units, output_shape=output_shape))
+    output_shape = _check_shape("output_shape", output_shape)
+    grid_maps = {label: _normalised_on_grid(values, grid) for label, values in _unit_attention(attention, units)}
+    return AttentionMaps(grid_maps, output_shape)
 
 
 # -- files --------------------------------------------------------------------------------------------
@@ -474,11 +514,12 @@ def write_attention_maps(
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"out_dir={str(out_dir)!r} is invalid; allowed: a folder path")
     index_path = out_dir / "index.json"
-    items = list(maps.items()) if isinstance(maps, Mapping) else maps
+    # a mapping is read one map at a time (AttentionMaps computes each on lookup)
+    items = ((label, maps[label]) for label in maps) if isinstance(maps, Mapping) else maps
     if not overwrite:
         # refuse before writing anything; an iterator's files are checked one by one by write_volume
-        known = items if isinstance(items, list) else []
-        names = [_file_stem(i, label) + ".nii.gz" for i, (label, _) in enumerate(known)]
+        known = list(maps) if isinstance(maps, Mapping) else []
+        names = [_file_stem(i, label) + ".nii.gz" for i, label in enumerate(known)]
         existing = [p for p in (index_path, *(out_dir / name for name in names)) if p.exists()]
         if existing:
             raise FileExistsError(f"{existing[0]} already exists; pass overwrite=True to replace it")
@@ -494,6 +535,7 @@ def write_attention_maps(
         write_volume(out_dir / file_name, array.astype(np.float32, copy=False), geometry, overwrite=overwrite)
         kind, text = split_label(label)
         entries.append({"label": label, "kind": kind, "text": text, "file": file_name})
+        del array  # released before the next map is computed
     payload = {
         "description": "cross-attention heatmaps of a SYNTHETIC volume (research use only, not for diagnosis)",
         "prompt": prompt,

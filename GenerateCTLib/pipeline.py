@@ -58,7 +58,8 @@ class GenerationOutput:
         direction: 3×3, columns are the LPS directions of the array axes ``z, y, x``.
         prompt: the full prompt ``"{age} years old {sex}: {impression}"``.
         seeds: the seed of each stage (``sample_tokens``, ``super_resolve``).
-        attention: per-word / per-phrase maps on the volume grid, or None.
+        attention: per-word / per-phrase maps on the volume grid (an ``AttentionMaps`` mapping that upsamples
+            each map when it is looked up), or None.
         provenance: settings, versions, device and timings, for the JSON sidecar.
     """
 
@@ -68,7 +69,7 @@ class GenerationOutput:
     direction: tuple[tuple[float, float, float], ...]
     prompt: str
     seeds: dict[str, int]
-    attention: dict[str, np.ndarray] | None
+    attention: Mapping[str, np.ndarray] | None
     provenance: dict[str, Any]
 
     @property

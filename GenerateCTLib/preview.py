@@ -133,7 +133,7 @@ def render_preview(
     ):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ValueError(f"{name}={value!r} is invalid; allowed: an int >= {low}")
-    maps = list((attention or {}).items())[:max_attention_rows]
+    maps = [(label, attention[label]) for label in list(attention or {})[:max_attention_rows]]
     for label, array in maps:
         if np.shape(array) != volume_hu.shape:
             raise ValueError(

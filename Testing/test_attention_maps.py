@@ -1,4 +1,5 @@
 import json
+import weakref
 
 import numpy as np
 import pytest
@@ -6,6 +7,7 @@ import torch
 
 from GenerateCTLib.attention_maps import (
     STOP_WORDS,
+    AttentionMaps,
     CrossAttentionRecorder,
     TextUnit,
     build_attention_maps,
@@ -262,6 +264,42 @@ def test_maps_shape_range_and_one_per_unit(word_tokenizer):
             token_ids=ids,
             output_shape=(5, 16),
         )
+
+
+def test_maps_are_upsampled_on_lookup_and_written_one_at_a_time(word_tokenizer, tmp_path):
+    ids = _ids(word_tokenizer)
+    grid, shape = (3, 2, 2), (5, 16, 24)
+    attention = torch.rand(12, len(ids), generator=torch.Generator().manual_seed(2))
+    maps = build_attention_maps(attention, grid=grid, prompt=PROMPT, impression=IMPRESSION,
+                                tokenizer=word_tokenizer, token_ids=ids, output_shape=shape)
+    assert isinstance(maps, AttentionMaps) and maps.output_shape == shape
+    units = find_text_units(PROMPT, IMPRESSION, word_tokenizer, ids)
+    eager = dict(iter_attention_maps(attention, grid=grid, units=units, output_shape=shape))
+    assert list(maps) == list(eager) and len(maps) == len(eager)
+    for label, array in eager.items():
+        np.testing.assert_array_equal(maps[label], array)
+        assert maps.grid_map(label).shape == grid
+    assert maps["word: effusion"] is not maps["word: effusion"]  # computed per lookup, nothing cached
+    with pytest.raises(KeyError):
+        maps["word: absent"]
+
+    class Counting(AttentionMaps):  # how many full-size maps exist while the writer runs
+        alive = peak = 0
+
+        def __getitem__(self, label):
+            array = super().__getitem__(label)
+            Counting.alive += 1
+            Counting.peak = max(Counting.peak, Counting.alive)
+            weakref.finalize(array, Counting.__dict__["_released"])
+            return array
+
+        @staticmethod
+        def _released():
+            Counting.alive -= 1
+
+    counting = Counting({label: (maps.grid_map(label), False) for label in maps}, shape)
+    write_attention_maps(counting, tmp_path / "maps", VolumeGeometry(spacing_mm=(2.0, 1.0, 1.0)))
+    assert Counting.peak == 1 and len(list((tmp_path / "maps").glob("*.nii.gz"))) == len(maps)
 
 
 def test_constant_map_becomes_zeros_and_bad_grid_raises():
