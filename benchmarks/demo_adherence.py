@@ -3,9 +3,10 @@
 Draws ``--n`` cases from the phantom generator's *eval* split (phrasing templates never used in training, and
 finding pairs held out of the training set), generates a volume for each prompt with the demo bundle, runs
 :func:`GenerateCTLib.phantom_analysis.analyze_volume` on it and compares the findings it detects with the
-prompt's ground-truth labels. As a baseline measured in the same run, the analyzer is also applied to the
-phantoms of the same cases (what a perfect generator would score). Prints per-finding sensitivity and
-specificity, overall agreement, and last ``RESULT agreement=… n_prompts=…``.
+prompt's ground-truth labels. Two baselines are measured in the same run on the phantoms of the same cases:
+the analyzer on the phantoms themselves (what a perfect generator would score), and on their CT-ViT
+reconstructions (encode, quantise, decode: what a perfect transformer would score with this tokenizer).
+Prints per-finding sensitivity and specificity, overall agreement, and last ``RESULT agreement=… n_prompts=…``.
 """
 
 from __future__ import annotations
@@ -14,13 +15,15 @@ import argparse
 import time
 
 import numpy as np
+import torch
 
 from GenerateCTLib.models import demo_bundle_dir
-from GenerateCTLib.phantom import generate_phantom
+from GenerateCTLib.phantom import generate_phantom, phantom_geometry
 from GenerateCTLib.phantom_analysis import adherence, analyze_volume
 from GenerateCTLib.phantom_findings import SUPPORTED_FINDINGS
 from GenerateCTLib.phantom_reports import impression, sample_spec
 from GenerateCTLib.pipeline import GenerateCTPipeline, build_prompt
+from GenerateCTLib.training.data import preprocess_volume
 
 
 def table(result: dict) -> str:
@@ -32,38 +35,56 @@ def table(result: dict) -> str:
     return "\n".join(lines)
 
 
+@torch.no_grad()
+def tokenizer_reconstruction_hu(pipe: GenerateCTPipeline, volume_hu: np.ndarray, num_slices: int) -> np.ndarray:
+    """A phantom through the CT-ViT (resampled to its grid, encoded to ids, decoded), in HU."""
+    x = preprocess_volume(volume_hu, num_slices=num_slices, image_size=pipe.ctvit.config.image_size)
+    ids = pipe.ctvit.encode_to_ids(x[None].to(pipe.device, pipe.dtype))
+    return 1000.0 * pipe.ctvit.decode_from_ids(ids)[0, 0].float().cpu().numpy()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default=str(demo_bundle_dir()), help="bundle folder (default: the demo)")
     parser.add_argument("--n", type=int, default=48, help="prompts (default 48)")
     parser.add_argument("--seed", type=int, default=2024, help="case sampling and generation seed")
     parser.add_argument("--no-sr", action="store_true", help="analyse the low-resolution stage only")
+    parser.add_argument("--cond-scale", type=float, default=None, help="guidance (default: the bundle's)")
+    parser.add_argument("--split", choices=("eval", "train"), default="eval",
+                        help="prompt phrasings and finding pairs: held out (eval, the measurement) or the training "
+                             "ones (train, for tuning sampling settings without touching the held-out prompts)")
     args = parser.parse_args()
 
     pipe = GenerateCTPipeline.from_pretrained(args.model, load_super_resolution=not args.no_sr)
     rng = np.random.default_rng(args.seed)
-    truth, generated, reference = [], [], []
+    truth, generated, reference, tokenized = [], [], [], []
     start = time.perf_counter()
     for i in range(args.n):
-        spec = sample_spec(rng, "eval")
-        prompt = build_prompt(spec.age, spec.sex, impression(spec, rng, "eval"))
-        out = pipe(prompt, seed=args.seed + i, super_resolve=not args.no_sr)
+        spec = sample_spec(rng, args.split)
+        prompt = build_prompt(spec.age, spec.sex, impression(spec, rng, args.split))
+        options = {} if args.cond_scale is None else {"cond_scale": args.cond_scale}
+        out = pipe(prompt, seed=args.seed + i, super_resolve=not args.no_sr, **options)
         found = analyze_volume(out.volume_hu, out.geometry)["findings"]
         phantom = generate_phantom(spec, out.volume_hu.shape, rng=args.seed + i)
         truth.append(spec.label_dict())
         generated.append(found)
         reference.append(analyze_volume(phantom.volume_hu, phantom.geometry)["findings"])
+        recon_hu = tokenizer_reconstruction_hu(pipe, phantom.volume_hu, out.volume_hu.shape[0])
+        tokenized.append(analyze_volume(recon_hu, phantom_geometry(recon_hu.shape))["findings"])
         wrong = [name for name in SUPPORTED_FINDINGS if bool(found.get(name)) != bool(spec.label_dict()[name])]
         print(f"[{i + 1:2d}/{args.n}] {prompt}  ->  {'ok' if not wrong else 'wrong: ' + ', '.join(wrong)}",
               flush=True)
     seconds = time.perf_counter() - start
     result = adherence(truth, generated)
     baseline = adherence(truth, reference)
+    ceiling = adherence(truth, tokenized)
     print(f"\ngenerated volumes ({'low-res' if args.no_sr else 'super-resolved'}), "
           f"{seconds / args.n:.1f} s per prompt:\n{table(result)}")
     print(f"overall agreement {result['agreement']:.3f}, exact match {result['exact_match']:.3f}")
     print(f"baseline (analyzer on the phantoms of the same cases): agreement {baseline['agreement']:.3f}, "
           f"ratio {result['agreement'] / baseline['agreement']:.2f}")
+    print(f"tokenizer ceiling (analyzer on CT-ViT reconstructions of those phantoms): agreement "
+          f"{ceiling['agreement']:.3f}\n{table(ceiling)}")
     print(f"RESULT agreement={result['agreement']:.3f} n_prompts={args.n}")
 
 
