@@ -9,14 +9,17 @@ import pytest
 
 from GenerateCTLib.checkpoints import Bundle
 from GenerateCTLib.models import demo_bundle_dir
+from GenerateCTLib.phantom import generate_phantom
 from GenerateCTLib.phantom_analysis import analyze_volume
+from GenerateCTLib.phantom_findings import PhantomSpec
 from GenerateCTLib.pipeline import GenerateCTPipeline
 from GenerateCTLib.slicer_support import ijk_to_ras
 
 DEMO = demo_bundle_dir()
-# demo v0.1 is undertrained (issue 4 stays open): it does not yet place the heart or follow "cardiomegaly"
-# reliably. strict=True: once a retrained demo passes, these markers must go.
-UNDERTRAINED = pytest.mark.xfail(strict=True, reason="demo v0.1 is undertrained; retraining is part of issue 4")
+# demo v0.2 (issue 4 stays open) puts the heart anterior but not left of the spine (its CT-ViT keeps the left
+# shift, the transformer does not yet), and does not follow "cardiomegaly" reliably. strict=True: once a
+# retrained demo passes, these markers must go.
+UNDERTRAINED = pytest.mark.xfail(strict=True, reason="demo v0.2 is undertrained; retraining is part of issue 4")
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +55,10 @@ def _centroid_ras(volume_hu, geometry, low, high):
     return (np.asarray(ijk_to_ras(geometry)) @ ijk)[:3].mean(axis=1)
 
 
-@UNDERTRAINED
-def test_heart_anterior_left_and_spine_posterior_in_ras(pipe):
-    out = pipe(age=55, sex="female", impression="No acute cardiopulmonary findings.", seed=3, super_resolve=False)
-    volume, geometry = out.volume_hu, out.geometry
+def _heart_and_spine_ras(volume, geometry):
+    """RAS centroids of the soft tissue in a central box (the heart) and of bone (the spine), central slab."""
     mid = volume.shape[0] // 2
     centre = volume[mid - 4 : mid + 5]
-    # restrict to the central slab: heart (soft tissue inside the chest) and spine (bone behind it)
     z0 = mid - 4
     shifted = geometry.__class__(
         spacing_mm=geometry.spacing_mm,
@@ -69,10 +69,23 @@ def test_heart_anterior_left_and_spine_posterior_in_ras(pipe):
     heart_region = np.zeros_like(centre)
     box = (slice(None), slice(ny // 4, 2 * ny // 3), slice(nx // 4, 3 * nx // 4))
     heart_region[box] = centre[box]
-    heart = _centroid_ras(heart_region, shifted, 0, 150)
-    spine = _centroid_ras(centre, shifted, 200, 1001)
-    assert heart[0] > spine[0] + 5  # R of RAS is +x: larger = patient's left
+    return _centroid_ras(heart_region, shifted, 0, 150), _centroid_ras(centre, shifted, 200, 1001)
+
+
+@UNDERTRAINED
+def test_heart_anterior_left_and_spine_posterior_in_ras(pipe):
+    out = pipe(age=55, sex="female", impression="No acute cardiopulmonary findings.", seed=3, super_resolve=False)
+    heart, spine = _heart_and_spine_ras(out.volume_hu, out.geometry)
+    assert heart[0] < spine[0] - 5  # RAS +x points to the patient's right: the left is smaller x
     assert heart[1] > spine[1] + 20  # A is +y: heart anterior to the spine
+
+
+def test_heart_measurement_places_phantom_hearts_anterior_left():
+    # the check above, applied to phantoms (ground truth: heart 6-10 mm left of and 27-40 mm anterior to the spine)
+    for seed in range(3):
+        phantom = generate_phantom(PhantomSpec(age=55, sex="female"), (33, 64, 64), rng=seed)
+        heart, spine = _heart_and_spine_ras(phantom.volume_hu, phantom.geometry)
+        assert heart[0] < spine[0] - 5 and heart[1] > spine[1] + 20
 
 
 @UNDERTRAINED

@@ -2,7 +2,7 @@
 
 Every step is a ``generatect`` command (printed and recorded in the bundle's metadata with its wall time),
 except the tiny T5 text encoder, which is built with ``GenerateCTLib.training.tiny_t5``. The transformer and
-super-resolution stages run in parallel (one CPU thread each) once the tokenizer is trained.
+super-resolution stages run in parallel (two threads and one) once the tokenizer is trained.
 
     python scripts/train_demo.py [--runs runs/demo] [--out GenerateCTLib/models/demo] [--n 500]
 
@@ -103,9 +103,10 @@ def main() -> None:
         train("tokenizer", "tokenizer")
         save_log(log_path, log)
     jobs = []
-    for stage in ("transformer", "superres"):
+    # the transformer is the long stage: it keeps both cores once the shorter super-resolution run is done
+    for stage, threads in (("transformer", 2), ("superres", 1)):
         if not (runs / stage / "model" / "config.json").is_file():
-            jobs.append(train(stage, stage, threads=1, wait=False))
+            jobs.append(train(stage, stage, threads=threads, wait=False))
     while jobs:  # record each parallel job's own wall time, in completion order
         for job in list(jobs):
             proc, entry, start = job
@@ -134,7 +135,7 @@ def main() -> None:
         args.out,
         models,
         name="generatect-demo",
-        version="0.1",
+        version="0.2",
         source="trained by scripts/train_demo.py on procedurally generated chest phantoms (GenerateCTLib.phantom)",
         text_encoder=text_encoder,
         overwrite=True,
