@@ -28,6 +28,8 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from GenerateCTLib._helpers import atomic_write_bytes
+
 if TYPE_CHECKING:  # annotations only: slicer_support imports this module
     from GenerateCTLib.server.client import GenerateCTClient
     from GenerateCTLib.slicer_support import GenerationRequest
@@ -474,7 +476,7 @@ class RemoteGeneration:
         volume = self.client.download_result(self.job_id, self.out_dir / "ct.nrrd")
         provenance = self.client.provenance(self.job_id)
         provenance_path = self.out_dir / "ct.json"
-        provenance_path.write_text(json.dumps(provenance))
+        atomic_write_bytes(provenance_path, json.dumps(provenance).encode())
         attention = self.client.download_attention(self.job_id, self.out_dir / "ct_attention").parent
         seeds = provenance.get("seeds") if isinstance(provenance.get("seeds"), dict) else {}
         return DoneLine(str(volume), str(provenance_path), str(attention), {str(k): v for k, v in seeds.items()})

@@ -89,15 +89,19 @@ def test_interrupting_a_generation_leaves_no_files(bundle, tmp_path):
 
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "GenerateCTLib.cli", "generate", "--model", str(bundle), "--prompt",
-           "50 years old male: Nodule.", "--slices", "9", "--steps", "400", "--device", "cpu", "--no-sr",
+           "50 years old male: Nodule.", "--slices", "9", "--steps", "100000", "--device", "cpu", "--no-sr",
            "--out", str(out / "ct.nii.gz"), "--preview", str(out / "ct.png"), "--progress", "json"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
+    # 100000 steps: the run cannot finish on its own before the signal arrives, however loaded the machine is
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    for line in proc.stdout:
-        event = json.loads(line)
-        if event.get("stage") == "sample_tokens" and event["step"] >= 2:
-            proc.send_signal(signal.SIGINT)
-            break
-    proc.communicate(timeout=60)
+    try:
+        for line in proc.stdout:
+            event = json.loads(line)
+            if event.get("stage") == "sample_tokens" and event["step"] >= 2:
+                proc.send_signal(signal.SIGINT)
+                break
+        proc.communicate(timeout=60)
+    finally:
+        proc.kill()
     assert proc.returncode == 130
     assert not out.exists() or not any(out.iterdir())
