@@ -448,10 +448,13 @@ class ProgressClock:
 
 
 def provenance_summary(path: str | os.PathLike | None, default_model: str) -> tuple[str, str]:
-    """``(prompt, model name)`` from a provenance sidecar, ``("", default_model)`` without one; OSError or
-    ValueError if it cannot be read."""
+    """``(prompt, model)`` from a provenance sidecar (its ``bundle`` name and version, as the pipeline records
+    them, e.g. ``"generatect-demo 0.2"``), ``("", default_model)`` without one; OSError or ValueError if it
+    cannot be read."""
     provenance = json.loads(Path(path).read_text()) if path else {}
-    return provenance.get("prompt", ""), provenance.get("model", {}).get("name", default_model)
+    bundle = provenance.get("bundle") or {}
+    model = " ".join(str(bundle[key]) for key in ("name", "version") if bundle.get(key)) or default_model
+    return provenance.get("prompt", ""), model
 
 
 def attention_entries(attention_dir: str | os.PathLike) -> list[tuple[str, Path]]:

@@ -172,8 +172,10 @@ def test_progress_clock_counts_elapsed_and_eta_between_events():
 
 def test_provenance_summary_cpu_warning_and_server_info(tmp_path):
     sidecar = tmp_path / "ct.json"
-    sidecar.write_text(json.dumps({"prompt": "65 years old male: Cardiomegaly.", "model": {"name": "demo-v0.1"}}))
-    assert s.provenance_summary(sidecar, "remote") == ("65 years old male: Cardiomegaly.", "demo-v0.1")
+    # the pipeline's provenance records the bundle as {"name", "version", "metadata_sha256"}
+    bundle = {"name": "generatect-demo", "version": "0.2", "metadata_sha256": "ab12"}
+    sidecar.write_text(json.dumps({"prompt": "65 years old male: Cardiomegaly.", "bundle": bundle}))
+    assert s.provenance_summary(sidecar, "remote") == ("65 years old male: Cardiomegaly.", "generatect-demo 0.2")
     assert s.provenance_summary(None, "remote") == ("", "remote")
     sidecar.write_text("{}")
     assert s.provenance_summary(sidecar, "demo") == ("", "demo")
