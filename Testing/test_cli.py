@@ -93,7 +93,10 @@ def test_interrupting_a_generation_leaves_no_files(bundle, tmp_path):
            "--out", str(out / "ct.nii.gz"), "--preview", str(out / "ct.png"), "--progress", "json"]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     # 100000 steps: the run cannot finish on its own before the signal arrives, however loaded the machine is
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    # a shell without job control starts background jobs with SIGINT ignored, and Python keeps an ignored
+    # SIGINT ignored: give the child the default disposition so it raises KeyboardInterrupt as under a terminal
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         for line in proc.stdout:
             event = json.loads(line)
