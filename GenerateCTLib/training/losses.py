@@ -4,7 +4,9 @@ CT-ViT (reference ``ctvit.py`` ``forward`` L491-660, phenaki's C-ViViT losses):
     ``mse(volume, recon) + perceptual + commit + adaptive_weight · hinge_generator`` with a discriminator
     on random slices. Ours is a small PatchGAN-style 2-D conv net (:class:`SliceDiscriminator`), not the
     reference's StyleGAN-like one; the VGG16 perceptual loss is used only when torchvision and local
-    VGG16 weights are available (:func:`build_perceptual_loss`).
+    VGG16 weights are available (:func:`build_perceptual_loss`). Optionally (not in the reference) an MSE
+    in a display window (:func:`windowed_mse`, e.g. the lung window [−1000, −500] HU), so that density
+    differences a radiologist reads inside the lungs weigh as much as the body/air contrast.
 
 MaskGIT (reference ``MaskGITTransformer.forward``):
     random step ``r ∈ [0, steps)``, mask probability ``cos(π/2 · r/steps)``, at least one token masked,
@@ -70,6 +72,20 @@ class SliceDiscriminator(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images)
+
+
+def windowed_mse(recon: torch.Tensor, target: torch.Tensor, window_hu: tuple[float, float]) -> torch.Tensor:
+    """MSE after mapping both volumes (model units, HU/1000) through the window ``(low, high)`` HU onto [0, 1].
+
+    Differences outside the window do not count (the clamp has no gradient there); inside it they are scaled
+    by ``1000 / (high - low)``: the lung window [−1000, −500] HU makes a 100 HU density change 0.2, not 0.1.
+    """
+    low, high = (float(v) / 1000.0 for v in window_hu)
+    if not high > low:
+        raise ValueError(f"window_hu={window_hu!r} is invalid; allowed: (low, high) HU with low < high")
+    recon_w = (recon.float().clamp(low, high) - low) / (high - low)
+    target_w = (target.float().clamp(low, high) - low) / (high - low)
+    return F.mse_loss(recon_w, target_w)
 
 
 def random_slices(volume: torch.Tensor, num: int = 1, *, generator: torch.Generator | None = None) -> torch.Tensor:

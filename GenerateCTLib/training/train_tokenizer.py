@@ -33,6 +33,7 @@ from GenerateCTLib.training.losses import (
     gradient_penalty,
     hinge_discriminator_loss,
     hinge_generator_loss,
+    windowed_mse,
 )
 
 logger = logging.getLogger(__name__)
@@ -42,7 +43,9 @@ logger = logging.getLogger(__name__)
 class TokenizerTrainConfig(common.TrainConfigBase):
     """CT-ViT training settings; ``model`` holds :class:`CTViTConfig` fields (defaults: the released model).
 
-    Loss settings: ``commitment_weight``; ``perceptual_weight`` with ``vgg16_weights`` (a local torchvision
+    Loss settings: ``commitment_weight``; ``window_weight`` with ``window_hu`` (an extra MSE inside that HU
+    window, :func:`windowed_mse`; 0, the reference, disables it); ``perceptual_weight`` with
+    ``vgg16_weights`` (a local torchvision
     VGG16 state dict; skipped when absent); ``adversarial_weight`` (0 disables the discriminator),
     ``adversarial_start_step``, ``discriminator_lr`` (reference 3e-7), ``discriminator_every``,
     ``gradient_penalty_weight`` / ``gradient_penalty_every``, ``discriminator_dim`` / ``discriminator_layers``.
@@ -56,6 +59,8 @@ class TokenizerTrainConfig(common.TrainConfigBase):
     batch_size: int = 4
     max_grad_norm: float | None = 0.5
     commitment_weight: float = 1.0
+    window_weight: float = 0.0
+    window_hu: tuple[float, float] = (-1000.0, -500.0)
     perceptual_weight: float = 1.0
     vgg16_weights: str | None = None
     adversarial_weight: float = 1.0
@@ -78,6 +83,13 @@ class TokenizerTrainConfig(common.TrainConfigBase):
                 f"discriminator_every={self.discriminator_every!r}, gradient_penalty_every="
                 f"{self.gradient_penalty_every!r} are invalid; allowed: ints >= 1"
             )
+        if len(self.window_hu) != 2 or not -1000 <= self.window_hu[0] < self.window_hu[1] <= 1000:
+            raise ValueError(
+                f"window_hu={self.window_hu!r} is invalid; allowed: [low, high] HU, -1000 <= low < high <= 1000"
+            )
+        self.window_hu = (float(self.window_hu[0]), float(self.window_hu[1]))
+        if self.window_weight < 0:
+            raise ValueError(f"window_weight={self.window_weight!r} is invalid; allowed: a float >= 0")
         if not 0 <= self.codebook_decay < 1:
             raise ValueError(f"codebook_decay={self.codebook_decay!r} is invalid; allowed: a float in [0, 1)")
 
@@ -150,7 +162,7 @@ def train_tokenizer(
     d_optimizer = common.make_optimizer(discriminator.parameters(), config, lr=config.discriminator_lr)
     perceptual = build_perceptual_loss(config.vgg16_weights) if config.perceptual_weight > 0 else None
 
-    step, history = 0, {"loss": [], "mse": [], "commit": [], "generator": [], "discriminator": []}
+    step, history = 0, {"loss": [], "mse": [], "window": [], "commit": [], "generator": [], "discriminator": []}
     if resume and common.has_checkpoint(out_dir):
         step, history = common.load_checkpoint(
             out_dir,
@@ -181,6 +193,10 @@ def train_tokenizer(
             recon = out["recon"]
             mse = F.mse_loss(recon.float(), volume)
             loss = mse + config.commitment_weight * out["commit_loss"]
+            window = mse.new_zeros(())
+            if config.window_weight > 0:
+                window = windowed_mse(recon, volume, config.window_hu)
+            loss = loss + config.window_weight * window
             base = mse
             real_slice, fake_slice = volume[:, :, slice_index], recon[:, :, slice_index]
             if perceptual is not None:
@@ -219,12 +235,13 @@ def train_tokenizer(
         values = {
             "loss": float(loss.detach()),
             "mse": float(mse.detach()),
+            "window": float(window.detach()),
             "commit": float(out["commit_loss"].detach()),
             "generator": float(gen.detach()),
             "discriminator": d_value,
         }
         for key, value in values.items():
-            history[key].append(value)
+            history.setdefault(key, []).append(value)  # checkpoints from before a key was logged
         bar.update(1)
         if step % config.log_every == 0:
             bar.set_postfix(mse=f"{values['mse']:.4f}", commit=f"{values['commit']:.4f}")

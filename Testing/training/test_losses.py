@@ -19,6 +19,7 @@ from GenerateCTLib.training.losses import (
     maskgit_loss,
     random_slices,
     superres_loss,
+    windowed_mse,
 )
 from GenerateCTLib.transformer.maskgit import MaskGIT, MaskGITConfig
 
@@ -176,3 +177,17 @@ def test_ema_update_moves_rows_towards_assigned_means():
     assert vq.cluster_size[0, 0] == pytest.approx(20.0)
     with pytest.raises(ValueError, match="decay="):
         vq.ema_update(tokens, ids, decay=1.0)
+
+
+def test_windowed_mse_counts_only_differences_inside_the_window():
+    target = torch.full((1, 1, 2, 4, 4), -0.85)  # lung, model units (HU / 1000)
+    darker = target - 0.1  # -950 HU: 0.2 of the [-1000, -500] window
+    assert torch.isclose(windowed_mse(darker, target, (-1000, -500)), torch.tensor(0.04))
+    assert windowed_mse(target, target, (-1000, -500)) == 0
+    soft = torch.full_like(target, 0.04)  # soft tissue 40 vs 80 HU: both above the window
+    assert windowed_mse(soft + 0.04, soft, (-1000, -500)) == 0
+    recon = darker.clone().requires_grad_(True)
+    windowed_mse(recon, target, (-1000, -500)).backward()
+    assert recon.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match="window_hu"):
+        windowed_mse(target, target, (-500, -1000))
