@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from GenerateCTLib._helpers import replace_directory
 from GenerateCTLib.modeling import CheckpointError, PretrainedModel, atomic_write_bytes
 
 METADATA_NAME = "metadata.json"
@@ -188,14 +189,7 @@ def write_bundle(
             "files": files,
         }
         atomic_write_bytes(staging / METADATA_NAME, (json.dumps(metadata, indent=2) + "\n").encode())
-        if out_dir.exists():
-            backup = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            os.replace(out_dir, backup)
-            os.replace(staging, out_dir)
-            shutil.rmtree(backup, ignore_errors=True)
-        else:
-            os.replace(staging, out_dir)
+        replace_directory(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from GenerateCTLib._helpers import replace_directory
 from GenerateCTLib.io import VolumeGeometry
 from GenerateCTLib.phantom_anatomy import Grid, build_anatomy, default_spacing, heart_semi_axes, heart_x_extent
 from GenerateCTLib.phantom_anatomy import render_chest as _render_chest
@@ -248,13 +249,7 @@ def write_dataset(
         meta = {"n": int(n), "shape": list(shape), "seed": int(seed), "split": split, "volumes": sidecar,
                 "label_names": list(LABEL_NAMES), "supported_findings": list(SUPPORTED_FINDINGS)}
         (tmp / "phantoms.json").write_text(json.dumps(meta, indent=1) + "\n")
-        if out_dir.exists():  # overwrite: move the old folder aside first, delete it after the rename
-            old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".old", dir=out_dir.parent))
-            os.replace(out_dir, old / out_dir.name)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
+        replace_directory(tmp, out_dir)  # an old folder (overwrite) is moved aside, deleted after the swap
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
