@@ -58,12 +58,13 @@ class GenerateCTParameterNode:
     sex: str = "male"
     impression: str = ""
     seed: str = "random"
-    slices: int = 201
-    quality: str = "Full"
-    steps: int = 18
-    guidance: float = 5.0
-    srSteps: int = 25
-    compute: str = "Auto"
+    # the request's own defaults, written once (slicer_support.GenerationRequest)
+    slices: int = support.GenerationRequest.slices
+    quality: str = support.GenerationRequest.quality
+    steps: int = support.GenerationRequest.steps
+    guidance: float = support.GenerationRequest.guidance
+    srSteps: int = support.GenerationRequest.sr_steps
+    compute: str = support.GenerationRequest.compute
     model: str = "Demo (bundled)"
     outputVolume: vtkMRMLScalarVolumeNode
 
