@@ -16,6 +16,11 @@ Two reference quirks are reproduced on purpose, because the released weights wer
   "spatial" stage mixes each slice group with the two before it;
 * the *temporal* transformer's PEG reinterprets the ``((b h w), t, d)`` token tensor with a plain
   ``reshape(b, t, h, w, d)`` (not a rearrange), convolves that scrambled grid and reshapes back.
+
+One option departs from the reference, off by default: ``patch_norm=False`` drops the LayerNorm over each
+flattened patch before its projection. That LayerNorm removes each patch's mean and contrast, so the
+encoder cannot see the absolute density of a region (lung at -850 HU and emphysematous lung at -920 HU give
+the same tokens); models trained from scratch may keep it off. The released model has it on.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ class CTViTConfig(ModelConfig):
     dim_head: int = 32
     heads: int = 8
     channels: int = 1
+    patch_norm: bool = True  # LayerNorm over each flattened patch (reference); see the module docstring
 
     def __post_init__(self) -> None:
         for name in (
@@ -66,6 +72,8 @@ class CTViTConfig(ModelConfig):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name}={value!r} is invalid; allowed: a positive int")
+        if not isinstance(self.patch_norm, bool):
+            raise ValueError(f"patch_norm={self.patch_norm!r} is invalid; allowed: true or false")
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} is invalid; allowed: multiples of {self.patch_size}")
 
@@ -89,7 +97,7 @@ class CTViTConfig(ModelConfig):
         Missing optional arguments take the *reference* defaults (e.g. ``dim_head=64``); training-only
         arguments are ignored; unknown ones raise ``ValueError``.
         """
-        names = {f.name for f in dataclasses.fields(cls)}
+        names = {f.name for f in dataclasses.fields(cls)} - {"patch_norm"}  # not a reference argument
         allowed = names | set(cls._REFERENCE_TRAINING_ONLY)
         unknown = sorted(set(kwargs) - allowed)
         if unknown:
@@ -109,11 +117,12 @@ class CTViTConfig(ModelConfig):
 
 
 class PatchEmbedding(nn.Module):
-    """``LayerNorm(patch_dim) -> Linear(patch_dim, dim) -> LayerNorm(dim)`` on flattened patches."""
+    """``LayerNorm(patch_dim) -> Linear(patch_dim, dim) -> LayerNorm(dim)`` on flattened patches (without the
+    first LayerNorm when ``normalize_patches`` is false)."""
 
-    def __init__(self, patch_dim: int, dim: int):
+    def __init__(self, patch_dim: int, dim: int, *, normalize_patches: bool = True):
         super().__init__()
-        self.norm_in = nn.LayerNorm(patch_dim)
+        self.norm_in = nn.LayerNorm(patch_dim) if normalize_patches else nn.Identity()
         self.proj = nn.Linear(patch_dim, dim)
         self.norm_out = nn.LayerNorm(dim)
 
@@ -145,8 +154,8 @@ class CTViT(PretrainedModel):
         block = dict(dim_head=c.dim_head, heads=c.heads, ff_mult=4, peg_causal=True)
 
         self.spatial_rel_pos_bias = ContinuousPositionBias(dim=c.dim, heads=c.heads, num_dims=2)
-        self.patch_embed_first = PatchEmbedding(pixels, c.dim)
-        self.patch_embed = PatchEmbedding(pixels * c.temporal_patch_size, c.dim)
+        self.patch_embed_first = PatchEmbedding(pixels, c.dim, normalize_patches=c.patch_norm)
+        self.patch_embed = PatchEmbedding(pixels * c.temporal_patch_size, c.dim, normalize_patches=c.patch_norm)
         self.enc_spatial_transformer = Transformer(c.dim, depth=c.spatial_depth, **block)
         self.enc_temporal_transformer = Transformer(c.dim, depth=c.temporal_depth, **block)
         self.vq = CosineSimQuantizer(c.dim, c.codebook_size)
@@ -286,6 +295,8 @@ class CTViT(PretrainedModel):
     # -- reference layout ---------------------------------------------------------------------------
 
     def _reference_items(self):
+        if not self.config.patch_norm:
+            raise ValueError("patch_norm=False has no reference layout; allowed: models with patch_norm=True")
         items = prefixed(self.spatial_rel_pos_bias, "spatial_rel_pos_bias.", "spatial_rel_pos_bias.")
         items += prefixed(self.patch_embed_first, "patch_embed_first.", "to_patch_emb_first_frame.", _PATCH_RENAMES)
         items += prefixed(self.patch_embed, "patch_embed.", "to_patch_emb.", _PATCH_RENAMES)

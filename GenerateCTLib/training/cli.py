@@ -14,26 +14,29 @@ logger = logging.getLogger(__name__)
 
 EXAMPLES = {
     "tokenizer": """examples:
-  generatect train tokenizer --data phantoms/ --config configs/ctvit_demo.json --out runs/ctvit
+  generatect train tokenizer --data phantoms/ --config configs/demo/tokenizer.json --out runs/ctvit
   accelerate launch -m GenerateCTLib.cli train tokenizer --data ct-rate/ --config ctvit.json --out runs/ctvit
 
 The config is a JSON object of TokenizerTrainConfig fields, e.g.
   {"model": {"dim": 128, "codebook_size": 1024, "image_size": 64, "patch_size": 8},
-   "num_slices": 33, "lr": 3e-4, "batch_size": 4, "steps": 20000}
-A run resumes from <out>/checkpoint when present (--no-resume starts over); the model is <out>/model.""",
+   "num_slices": 33, "lr": 3e-4, "batch_size": 4, "steps": 20000}""",
     "transformer": """examples:
-  generatect train transformer --data phantoms/ --config configs/maskgit_demo.json --out runs/maskgit
+  generatect train transformer --data phantoms/ --config configs/demo/transformer.json --out runs/maskgit
 
 The config names the trained tokenizer and the text encoder, e.g.
   {"tokenizer_model": "runs/ctvit/model", "text_encoder": "runs/t5", "num_slices": 33,
    "model": {"dim": 256, "depth": 4, "max_seq_len": 1088}, "lr": 3e-4, "warmup_steps": 500, "steps": 20000}""",
     "superres": """examples:
-  generatect train superres --data phantoms/ --config configs/superres_demo.json --out runs/superres
+  generatect train superres --data phantoms/ --config configs/demo/superres.json --out runs/superres
 
 The config names the trained tokenizer (its reconstructions are the low-res inputs) and the text encoder:
   {"tokenizer_model": "runs/ctvit/model", "text_encoder": "runs/t5", "num_slices": 33, "image_size": 128,
    "model": {"dim": 32, "max_text_len": 64}, "lr": 5e-4, "batch_size": 8, "steps": 20000}""",
 }
+RUNS = """\n
+A run resumes from <out>/checkpoint when present (--no-resume starts over); the model is <out>/model.
+"init_from": "<a trained model folder>" in the config starts a new run from those weights instead of a
+random initialisation (fine-tuning, e.g. the released model on your own data; same architecture)."""
 HELP = {
     "tokenizer": "train the CT-ViT VQ tokenizer",
     "transformer": "train the MaskGIT text-to-token transformer (needs a trained tokenizer)",
@@ -78,7 +81,7 @@ def add_train_command(subparsers) -> argparse.ArgumentParser:
             stage,
             help=HELP[stage],
             description=HELP[stage],
-            epilog=EXAMPLES[stage],
+            epilog=EXAMPLES[stage] + RUNS,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         parser.add_argument("--data", required=True, help="dataset folder (reports.csv + volumes/)")

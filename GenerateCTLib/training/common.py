@@ -8,7 +8,9 @@ Checkpoint layout (``<out>/checkpoint/``, rewritten every ``checkpoint_every`` s
                                                           RNG states (torch, numpy, python, data generator)
 
 A run finds ``<out>/checkpoint`` and continues from it (``resume=True``, the default); the result equals an
-uninterrupted run on the same machine because every random draw comes from saved generators.
+uninterrupted run on the same machine because every random draw comes from saved generators. A new run can
+start from the weights of a trained model of the same architecture instead of a random initialisation
+(``init_from``: fine-tuning, e.g. the released model on one's own data); a resume ignores it.
 """
 
 from __future__ import annotations
@@ -59,6 +61,7 @@ class TrainConfigBase(ModelConfig):
     log_every: int = 10
     mixed_precision: str = "no"
     cache_size: int = 64
+    init_from: str = ""
 
     def __post_init__(self) -> None:
         for name in ("batch_size", "steps", "checkpoint_every", "log_every"):
@@ -75,6 +78,8 @@ class TrainConfigBase(ModelConfig):
             raise ValueError(f"lr_schedule={self.lr_schedule!r} is invalid; allowed: 'constant', 'cosine'")
         if self.mixed_precision not in ("no", "fp16", "bf16"):
             raise ValueError(f"mixed_precision={self.mixed_precision!r} is invalid; allowed: 'no', 'fp16', 'bf16'")
+        if not isinstance(self.init_from, str):
+            raise ValueError(f"init_from={self.init_from!r} is invalid; allowed: a model folder path or ''")
         if self.max_grad_norm is not None and self.max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm={self.max_grad_norm!r} is invalid; allowed: a positive float or null")
         self.adam_betas = tuple(self.adam_betas)
@@ -221,6 +226,32 @@ def load_checkpoint(
     random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
     generator.set_state(rng["generator"])
     return int(state["step"]), {k: list(v) for k, v in state["history"].items()}
+
+
+def init_from_pretrained(model: PretrainedModel, config: TrainConfigBase) -> bool:
+    """Copy the weights of ``config.init_from`` (a ``save_pretrained`` folder) into ``model``; ``False`` when unset.
+
+    The folder's architecture must equal ``model``'s: fine-tuning keeps the architecture, so a difference is
+    an error naming the fields, never a partial load.
+    """
+    if not config.init_from:
+        return False
+    try:
+        source = type(model).from_pretrained(config.init_from)
+    except (ValueError, OSError) as exc:
+        raise ValueError(
+            f"init_from={config.init_from!r} is invalid ({exc}); allowed: a trained {type(model).__name__} folder "
+            "with config.json and model.safetensors"
+        ) from exc
+    ours, theirs = model.config.to_dict(), source.config.to_dict()
+    differing = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+    if differing:
+        detail = ", ".join(f"{k}: {theirs.get(k)!r} there, {ours.get(k)!r} here" for k in differing)
+        raise ValueError(
+            f"init_from={config.init_from!r} is invalid; allowed: a model of the configured architecture ({detail})"
+        )
+    model.load_state_dict(source.state_dict(), strict=True)
+    return True
 
 
 def has_checkpoint(out_dir: str | os.PathLike) -> bool:

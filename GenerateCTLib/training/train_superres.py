@@ -147,6 +147,9 @@ def train_superres(
     # 2. model, optimiser, EMA, resume
     generator = torch.Generator().manual_seed(config.seed + accelerator.process_index)
     unet = SuperResolutionUnet(mc).train()
+    resuming = resume and common.has_checkpoint(out_dir)
+    if not resuming and common.init_from_pretrained(unet, config):  # before the EMA copies the weights
+        logger.info("SR Unet weights from %s", config.init_from)
     optimizer = common.make_optimizer(unet.parameters(), config)
     scheduler = common.make_lr_scheduler(optimizer, config)
     ema = None
@@ -157,7 +160,7 @@ def train_superres(
         ema = AveragedModel(unet, multi_avg_fn=get_ema_multi_avg_fn(config.ema_decay), use_buffers=True)
         modules["ema"] = ema
     step, history = 0, {"loss": []}
-    if resume and common.has_checkpoint(out_dir):
+    if resuming:
         step, history = common.load_checkpoint(
             out_dir,
             unet,

@@ -173,6 +173,8 @@ def train_tokenizer(
             generator=generator,
         )
         logger.info("resuming CT-ViT training from step %d", step)
+    elif common.init_from_pretrained(ctvit, config):
+        logger.info("CT-ViT weights and codebook from %s", config.init_from)
     elif config.kmeans_init:
         with torch.no_grad():
             first = torch.stack([dataset.volume(i) for i in range(min(len(dataset), config.batch_size))])

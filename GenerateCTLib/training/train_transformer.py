@@ -135,6 +135,8 @@ def train_transformer(
             out_dir, model, optimizers={"model": optimizer}, schedulers={"model": scheduler}, generator=generator
         )
         logger.info("resuming MaskGIT training from step %d", step)
+    elif common.init_from_pretrained(model, config):
+        logger.info("MaskGIT weights from %s", config.init_from)
     prepared, optimizer = accelerator.prepare(model, optimizer)
 
     # 3. loop

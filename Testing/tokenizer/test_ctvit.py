@@ -199,3 +199,28 @@ def test_bfloat16_autocast_decode_runs_close_to_float32(model, io):
     with torch.autocast("cpu", dtype=torch.bfloat16):
         video = model.decode_from_ids(io["expected.codebook_ids"])
     assert (video.float() - io["expected.decoded_from_ids"]).abs().max().item() < 0.1
+
+
+@torch.no_grad()
+def test_patch_norm_off_keeps_the_density_of_a_uniform_region(tmp_path):
+    small = dict(dim=32, codebook_size=16, image_size=16, patch_size=8, spatial_depth=1, temporal_depth=1,
+                 dim_head=8, heads=2)
+    lung = torch.full((1, 1, 5, 16, 16), -0.85)
+    emphysema = lung - 0.07  # -850 HU and -920 HU
+    torch.manual_seed(0)
+    reference = CTViT(CTViTConfig(**small)).eval()
+    # the reference normalises each patch: a uniform density change never reaches the tokens
+    assert torch.allclose(reference.embed_patches(lung), reference.embed_patches(emphysema), atol=1e-5)
+    torch.manual_seed(0)
+    model = CTViT(CTViTConfig(**small, patch_norm=False)).eval()
+    assert (model.embed_patches(lung) - model.embed_patches(emphysema)).abs().max() > 1e-3
+    assert not any("norm_in" in name for name in model.state_dict())
+    model.save_pretrained(tmp_path)
+    again = CTViT.from_pretrained(tmp_path)
+    assert again.config.patch_norm is False and torch.equal(again(lung), model(lung))
+    with pytest.raises(ValueError, match="patch_norm=False has no reference layout"):
+        model.reference_state_dict()
+    with pytest.raises(ValueError, match="patch_norm='no'"):
+        CTViTConfig(**small, patch_norm="no")
+    with pytest.raises(ValueError, match="unknown.*patch_norm"):
+        CTViTConfig.from_reference_kwargs({**small, "temporal_patch_size": 2, "patch_norm": False})

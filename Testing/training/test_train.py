@@ -93,6 +93,22 @@ def test_tokenizer_resume_equals_uninterrupted(trained, tmp_path):
     assert again.step == 2 and len(again.history["loss"]) == 2
 
 
+def test_init_from_starts_a_new_run_from_trained_weights(trained, tmp_path):
+    source = trained["ctvit"]
+    config = TokenizerTrainConfig(model=CTVIT, num_slices=9, lr=1e-3, batch_size=2, steps=2, adversarial_weight=0.0,
+                                  init_from=str(source.model_dir))
+    tuned = train_tokenizer(trained["data"], config, tmp_path / "tuned", progress=False)
+    # the first step already reconstructs as well as the end of the source run, far better than its start
+    assert tuned.history["mse"][0] < 0.7 * _mean(source.history["mse"][:3])
+    assert len(tuned.history["mse"]) == 2  # a new run: its own step count and history
+    other = dict(CTVIT, dim=16)
+    with pytest.raises(ValueError, match=r"init_from=.*dim: 32 there, 16 here"):
+        train_tokenizer(trained["data"], dataclass_replace(config, model=other), tmp_path / "x", progress=False)
+    with pytest.raises(ValueError, match=r"init_from=.*missing.*allowed: a trained CTViT folder"):
+        train_tokenizer(trained["data"], dataclass_replace(config, init_from=str(tmp_path / "missing")),
+                        tmp_path / "y", progress=False)
+
+
 def dataclass_replace(config, **changes):
     import dataclasses
 
