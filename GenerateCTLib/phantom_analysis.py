@@ -29,7 +29,8 @@ thresholds in :data:`THRESHOLDS`; ``s`` = body scale = half body width / 165 mm)
    (the darkest voxel of a midline band 20–60 mm above the carina) and ``s`` — fat (−100) when normal.
 
 Measurements (CTR, widths, gaps, fractions, station HU, lung lesion components as
-``(volume_ml, elongation, z_mm, peak_hu)``) are returned with the decisions so thresholds can be audited.
+``(volume_ml, elongation, z_mm, peak_hu)``, the heart blob's centroid as a ``(z, y, x)`` index) are returned
+with the decisions so thresholds can be audited.
 """
 
 from __future__ import annotations
@@ -276,6 +277,8 @@ def _analyze_heart(sm, left, right, field, zc, yc, spine_y, cy, spacing, m, foun
     k = max(widths, key=widths.get)
     near = (np.abs(zc[:, 0, 0] - zc[k, 0, 0]) <= 30)[:, None, None]
     heart = _largest(silhouette & near & (sm > -60))
+    if heart.any():  # (z, y, x) array index of the cardiac silhouette's centre, for placement checks in RAS
+        m["heart_centroid_index"] = tuple(float(v) for v in np.argwhere(heart).mean(axis=0))
     core = np.zeros_like(heart)
     steps = max(1, int(round(10.0 / spacing[2])))
     for kk in range(nz):  # in-plane erosion by ~10 mm removes the partial-volume border
