@@ -104,6 +104,7 @@ class GenerateCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for widget in (self.ui.serverUrlLineEdit, self.ui.serverTokenLineEdit, self.ui.pacsUrlLineEdit):
             widget.editingFinished.connect(self.saveSettings)
         self.ui.customModelPathLineEdit.currentPathChanged.connect(self.saveSettings)
+        self.ui.customModelPathLineEdit.currentPathChanged.connect(self.updateVisibility)
 
         self.ui.generateButton.clicked.connect(self.onGenerateOrCancel)
         self.ui.testConnectionButton.clicked.connect(self.onTestConnection)
@@ -167,6 +168,11 @@ class GenerateCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.downloadModelButton.setVisible(choice == "Official" and not remote)
         self.ui.modelStatusLabel.text = support.model_status(choice, MODULE_DIR,
                                                              self.ui.customModelPathLineEdit.currentPath, remote=remote)
+        default, maximum = support.panel_slice_limits(choice, MODULE_DIR, self.ui.customModelPathLineEdit.currentPath,
+                                                      remote=remote)
+        self.ui.slicesSpinBox.setMaximum(maximum)  # what the chosen model can generate (the demo: 33)
+        if self.ui.slicesSpinBox.value > maximum:
+            self.ui.slicesSpinBox.setValue(default)
 
     def setPrompt(self, age, sex, impression):
         self.ui.ageSpinBox.setValue(age)

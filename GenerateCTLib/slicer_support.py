@@ -364,6 +364,47 @@ def resolve_model(choice: str, module_dir: str | os.PathLike, custom_folder: str
     raise ValueError(f"model choice {choice!r} is unknown; allowed: {', '.join(MODEL_CHOICES)}")
 
 
+RELEASED_SLICES = 201  # the official model's depth: its default and its maximum
+
+
+def model_slice_limits(model: str) -> tuple[int, int] | None:
+    """``(default, maximum)`` slice counts of a ``--model`` value (``"official"`` or a bundle folder), read from
+    the bundle's JSON files without loading a network; ``None`` when they cannot be read.
+
+    The maximum is what the MaskGIT's position table holds: ``max_seq_len // (h · w)`` token frames of the
+    CT-ViT, ``1 + (frames - 1) · temporal_patch_size`` slices (as ``GenerateCTPipeline.max_slices``).
+    """
+    if model == "official":
+        return RELEASED_SLICES, RELEASED_SLICES
+    folder = Path(model)
+    try:
+        metadata = json.loads((folder / "metadata.json").read_text())
+        ctvit = json.loads((folder / "ctvit" / "config.json").read_text())
+        maskgit = json.loads((folder / "maskgit" / "config.json").read_text())
+        side = int(ctvit["image_size"]) // int(ctvit["patch_size"])
+        frames = int(maskgit["max_seq_len"]) // (side * side)
+        maximum = 1 + (frames - 1) * int(ctvit["temporal_patch_size"])
+        default = int(metadata.get("defaults", {}).get("num_slices", RELEASED_SLICES))
+    except (OSError, ValueError, KeyError, TypeError, ZeroDivisionError):
+        return None
+    if maximum < 1:
+        return None
+    return min(default, maximum), maximum
+
+
+def panel_slice_limits(choice: str, module_dir: str | os.PathLike, custom_folder: str = "", *,
+                       remote: bool = False) -> tuple[int, int]:
+    """``(default, maximum)`` for the panel's slice box: the chosen model's limits, or the released model's when
+    the run is remote (the server checks its own model) or the model cannot be read."""
+    limits = None
+    if not remote:
+        try:
+            limits = model_slice_limits(resolve_model(choice, module_dir, custom_folder))
+        except ValueError:
+            limits = None
+    return limits or (RELEASED_SLICES, RELEASED_SLICES)
+
+
 def model_status(choice: str, module_dir: str | os.PathLike, custom_folder: str = "", *, remote: bool = False) -> str:
     """The panel's model line: ``"Model: <bundle folder or official>"``, what is wrong with the choice, or
     nothing for a remote run (the server uses its own model)."""

@@ -154,6 +154,20 @@ def test_model_status_line(tmp_path):
     assert s.model_status("Custom folder", tmp_path, "", remote=True) == ""  # the server uses its own model
 
 
+def test_slice_limits_follow_the_chosen_model(tmp_path):
+    from GenerateCTLib.models import demo_bundle_dir
+    from GenerateCTLib.pipeline import GenerateCTPipeline
+
+    demo = demo_bundle_dir()
+    maximum = GenerateCTPipeline.from_pretrained(demo, load_super_resolution=False).max_slices()
+    assert s.model_slice_limits(str(demo)) == (33, maximum) == (33, 33)  # read from JSON, as the pipeline computes
+    assert s.model_slice_limits("official") == (201, 201)
+    assert s.model_slice_limits(str(tmp_path)) is None  # not a bundle
+    assert s.panel_slice_limits("Custom folder", tmp_path, str(demo)) == (33, 33)
+    assert s.panel_slice_limits("Custom folder", tmp_path, str(demo), remote=True) == (201, 201)  # the server decides
+    assert s.panel_slice_limits("Custom folder", tmp_path, str(tmp_path / "nowhere")) == (201, 201)
+
+
 def test_progress_clock_counts_elapsed_and_eta_between_events():
     now = [100.0]
     clock = s.ProgressClock("Starting…", super_resolve=False, clock=lambda: now[0])

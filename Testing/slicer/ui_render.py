@@ -46,7 +46,7 @@ def load_panel():
 
 
 def screenshot(path: str | os.PathLike) -> Path:
-    """Render the panel as a user would see it after a run (example prompt, heatmap list) into ``path``."""
+    """Render the panel as a user sees it while a run goes on (example prompt, heatmaps of an earlier run)."""
     from PySide6 import QtWidgets
 
     app, panel = load_panel()
@@ -57,6 +57,10 @@ def screenshot(path: str | os.PathLike) -> Path:
     find(QtWidgets.QGroupBox, "remoteGroupBox").setVisible(False)
     find(QtWidgets.QPushButton, "downloadModelButton").setVisible(False)
     find(QtWidgets.QLabel, "modelStatusLabel").setText("Model: Resources/Models/demo")
+    slices = find(QtWidgets.QSpinBox, "slicesSpinBox")
+    slices.setMaximum(33)  # what the module sets for the demo model (slicer_support.panel_slice_limits)
+    slices.setValue(33)
+    find(QtWidgets.QPushButton, "generateButton").setText("Cancel")  # what Generate reads while a run is going
     find(QtWidgets.QProgressBar, "progressBar").setValue(62)
     find(QtWidgets.QLabel, "statusLabel").setText("Super-resolution 3/25 - about 4 min 10 s left (6 min 02 s elapsed)")
     find(QtWidgets.QPlainTextEdit, "logTextEdit").setPlainText(
