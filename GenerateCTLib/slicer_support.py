@@ -566,12 +566,17 @@ def cpu_warning_needed(request: GenerationRequest, cuda_available: bool | None) 
     return request.compute == "CPU" or (request.compute == "Auto" and not cuda_available)
 
 
+CPU_WARNING_MIN_SECONDS = 120.0  # shorter runs (the demo: about half a minute) start without asking
+
+
 def cpu_warning(request: GenerationRequest, model: str | os.PathLike, cuda_available: bool | None) -> str | None:
     """The rough duration (:func:`format_duration`) of a run that needs the warning of
-    :func:`cpu_warning_needed`, with the costs of the ``model`` bundle when it records them; None: no warning."""
+    :func:`cpu_warning_needed`, with the costs of the ``model`` bundle when it records them; None: no warning
+    (not needed, or the estimate is under :data:`CPU_WARNING_MIN_SECONDS`)."""
     if not cpu_warning_needed(request, cuda_available):
         return None
-    return format_duration(estimate_cpu_seconds(request, CpuCosts.from_metadata(read_bundle_metadata(model))))
+    seconds = estimate_cpu_seconds(request, CpuCosts.from_metadata(read_bundle_metadata(model)))
+    return None if seconds < CPU_WARNING_MIN_SECONDS else format_duration(seconds)
 
 
 def cuda_available() -> bool:

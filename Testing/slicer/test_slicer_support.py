@@ -200,8 +200,11 @@ def test_provenance_summary_cpu_warning_and_server_info(tmp_path):
     (tmp_path / "metadata.json").write_text(json.dumps({"cpu_seconds": {"maskgit_step_201_slices": 0.1,
                                                                         "sr_step_per_slice": 0.01}}))
     own = s.CpuCosts(maskgit_step_201_slices=0.1, sr_step_per_slice=0.01)  # the bundle's own costs are used
-    assert s.cpu_warning(request(), tmp_path, cuda_available=False) == "2 s" == s.format_duration(
-        s.estimate_cpu_seconds(request(), own))
+    assert s.estimate_cpu_seconds(request(), own) < s.CPU_WARNING_MIN_SECONDS
+    assert s.cpu_warning(request(), tmp_path, cuda_available=False) is None  # a short run starts without asking
+    slow = request(slices=201, sr_steps=100)
+    assert s.estimate_cpu_seconds(slow, own) > s.CPU_WARNING_MIN_SECONDS
+    assert s.cpu_warning(slow, tmp_path, cuda_available=False) == s.format_duration(s.estimate_cpu_seconds(slow, own))
     assert isinstance(s.cuda_available(), bool)
     text = s.server_info_text({"ready": True, "bundle": {"name": "tiny"}, "blob": "x" * 5000})
     assert text.startswith('{\n "ready": true') and len(text) == 1500
