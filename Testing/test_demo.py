@@ -16,11 +16,6 @@ from GenerateCTLib.pipeline import GenerateCTPipeline
 from GenerateCTLib.slicer_support import ijk_to_ras
 
 DEMO = demo_bundle_dir()
-# the demo does not yet follow "cardiomegaly" reliably (its CT-ViT blurs the heart's size and density).
-# strict=True: once a retrained demo passes, the marker must go.
-UNDERTRAINED = pytest.mark.xfail(strict=True, reason="the demo is undertrained; retraining is part of issue 4")
-
-
 @pytest.fixture(scope="module")
 def pipe():
     return GenerateCTPipeline.from_pretrained(DEMO, load_super_resolution=False)
@@ -81,7 +76,6 @@ def test_heart_measurement_finds_the_phantom_heart():
         assert heart[0] < spine[0] - 10 and heart[1] > spine[1] + 20
 
 
-@UNDERTRAINED
 def test_cardiomegaly_prompt_gives_a_larger_heart_than_a_normal_one(pipe):
     ctr = {}
     for label, impression in (("normal", "No acute cardiopulmonary findings."), ("cardiomegaly", "Cardiomegaly.")):

@@ -131,31 +131,64 @@ def main() -> None:
         "maskgit": MaskGIT.from_pretrained(runs / "transformer" / "model"),
         "super_resolution": SuperResolutionUnet.from_pretrained(runs / "superres" / "model"),
     }
-    write_bundle(
-        args.out,
-        models,
-        name="generatect-demo",
-        version="0.2",
-        source="trained by scripts/train_demo.py on procedurally generated chest phantoms (GenerateCTLib.phantom)",
-        text_encoder=text_encoder,
-        overwrite=True,
-        extra_metadata={
-            "description": "A demonstration model trained on synthetic phantoms; not a medical model. 33 slices "
-                           "of 64x64 (CT-ViT 8x8 patches, MaskGIT over 17x8x8 tokens), super-resolved to 128x128.",
-            # phantoms span a 300 mm thorax over 33 slices and a 384 mm field of view in-plane
-            "geometry": {"slice_spacing_mm": 300.0 / 32, "field_of_view_mm": 384.0, "super_resolution_scale": 2},
-            "defaults": {"num_slices": 33},
-            "training": {
-                "steps": log,
-                "configs": {p.stem: json.loads(p.read_text()) for p in sorted(CONFIGS.glob("*.json"))},
-                "phantoms": {"n": args.n, "seed": 0, "split": "train", "shape": [33, 128, 128]},
-                # elapsed: sequential steps plus the longest of the steps run side by side
-                "wall_time_s": elapsed_s(log),
-                "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
-            },
+    metadata = {
+        "description": "A demonstration model trained on synthetic phantoms; not a medical model. 33 slices "
+                       "of 64x64 (CT-ViT 8x8 patches, MaskGIT over 17x8x8 tokens), super-resolved to 128x128.",
+        # phantoms span a 300 mm thorax over 33 slices and a 384 mm field of view in-plane
+        "geometry": {"slice_spacing_mm": 300.0 / 32, "field_of_view_mm": 384.0, "super_resolution_scale": 2},
+        "defaults": {"num_slices": 33},
+        "training": {
+            "steps": log,
+            "configs": {p.stem: json.loads(p.read_text()) for p in sorted(CONFIGS.glob("*.json"))},
+            "phantoms": {"n": args.n, "seed": 0, "split": "train", "shape": [33, 128, 128]},
+            # elapsed: sequential steps plus the longest of the steps run side by side
+            "wall_time_s": elapsed_s(log),
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
         },
-    )
+    }
+
+    def write(extra: dict) -> None:
+        write_bundle(
+            args.out,
+            models,
+            name="generatect-demo",
+            version="0.3",
+            source="trained by scripts/train_demo.py on procedurally generated chest phantoms (GenerateCTLib.phantom)",
+            text_encoder=text_encoder,
+            overwrite=True,
+            extra_metadata={**metadata, **extra},
+        )
+
+    write({})
+    # 5. what a generation costs on this machine, for the Slicer module's time estimate (units of CpuCosts)
+    write({"cpu_seconds": measure_cpu_seconds(Path(args.out))})
     print(f"wrote {args.out}; training took {elapsed_s(log):.0f} s", flush=True)
+
+
+def measure_cpu_seconds(bundle: Path) -> dict[str, float]:
+    """Time one full generation with the bundle on the CPU and express the stages as ``CpuCosts`` fields
+    (a guided MaskGIT step and the decode scaled to the released 201-slice grid, an SR step per slice)."""
+    import torch
+
+    from GenerateCTLib.pipeline import GenerateCTPipeline
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    pipe = GenerateCTPipeline.from_pretrained(bundle, device="cpu")
+    ends: dict[str, float] = {}
+    run = dict(age=60, sex="male", impression="No acute cardiopulmonary findings.", num_slices=33, steps=18,
+               sr_steps=25)
+    pipe(**run, seed=0)  # warm-up
+    pipe(**run, seed=1, callback=lambda e: ends.__setitem__(e.stage, e.elapsed_s) if e.step == e.total else None)
+    slices, steps, sr_steps = run["num_slices"], run["steps"], run["sr_steps"]
+    frames, released_frames = pipe.ctvit.token_grid(slices)[0], pipe.ctvit.token_grid(201)[0]
+    sample = ends["sample_tokens"] - ends["encode_prompt"]
+    decode = ends["decode"] - ends["sample_tokens"]
+    sr = ends["super_resolve"] - ends["decode"]
+    return {
+        "maskgit_step_201_slices": round(sample / steps * released_frames / frames, 4),
+        "decode_201_slices": round(decode * 201 / slices, 4),
+        "sr_step_per_slice": round(sr / (sr_steps * slices), 5),
+    }
 
 
 if __name__ == "__main__":
