@@ -190,6 +190,9 @@ def parse_seed(text: str | int | None) -> int | None:
     return value
 
 
+RELEASED_SLICES = 201  # the official model's depth: its default and its maximum
+
+
 @dataclasses.dataclass
 class GenerationRequest:
     """What the panel asks for (units in names; ``quality`` ``"Preview"`` = base stage only, no SR)."""
@@ -198,7 +201,7 @@ class GenerationRequest:
     sex: str
     impression: str
     seed: int | None = None
-    slices: int = 201
+    slices: int = RELEASED_SLICES
     quality: str = "Full"
     steps: int = 18
     guidance: float = 5.0
@@ -230,9 +233,9 @@ def validate_request(request: GenerationRequest) -> list[str]:
     elif len(request.impression) > 1000:
         problems.append(f"The impression has {len(request.impression)} characters; at most 1000 are allowed.")
     if not isinstance(request.slices, int) or request.slices < 1 or request.slices % 2 == 0:
-        problems.append(f"Slices must be an odd number such as 201 (got {request.slices!r}).")
-    elif request.slices > 201:
-        problems.append(f"Slices must be at most 201, the model's training depth (got {request.slices}).")
+        problems.append(f"Slices must be an odd number such as {RELEASED_SLICES} (got {request.slices!r}).")
+    elif request.slices > RELEASED_SLICES:
+        problems.append(f"Slices must be at most {RELEASED_SLICES}, the model's training depth (got {request.slices}).")
     if request.seed is not None and not 0 <= request.seed <= MAX_SEED:
         problems.append(f"Seed must be 'random' or 0 to {MAX_SEED} (got {request.seed}).")
     if request.quality not in QUALITY_CHOICES:
@@ -364,9 +367,6 @@ def resolve_model(choice: str, module_dir: str | os.PathLike, custom_folder: str
     raise ValueError(f"model choice {choice!r} is unknown; allowed: {', '.join(MODEL_CHOICES)}")
 
 
-RELEASED_SLICES = 201  # the official model's depth: its default and its maximum
-
-
 def model_slice_limits(model: str) -> tuple[int, int] | None:
     """``(default, maximum)`` slice counts of a ``--model`` value (``"official"`` or a bundle folder), read from
     the bundle's JSON files without loading a network; ``None`` when they cannot be read.
@@ -396,13 +396,13 @@ def panel_slice_limits(choice: str, module_dir: str | os.PathLike, custom_folder
                        remote: bool = False) -> tuple[int, int]:
     """``(default, maximum)`` for the panel's slice box: the chosen model's limits, or the released model's when
     the run is remote (the server checks its own model) or the model cannot be read."""
-    limits = None
-    if not remote:
-        try:
-            limits = model_slice_limits(resolve_model(choice, module_dir, custom_folder))
-        except ValueError:
-            limits = None
-    return limits or (RELEASED_SLICES, RELEASED_SLICES)
+    released = RELEASED_SLICES, RELEASED_SLICES
+    if remote:
+        return released
+    try:
+        return model_slice_limits(resolve_model(choice, module_dir, custom_folder)) or released
+    except ValueError:  # no such model: the panel's model line says so
+        return released
 
 
 def model_status(choice: str, module_dir: str | os.PathLike, custom_folder: str = "", *, remote: bool = False) -> str:

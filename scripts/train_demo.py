@@ -171,22 +171,24 @@ def measure_cpu_seconds(bundle: Path) -> dict[str, float]:
     import torch
 
     from GenerateCTLib.pipeline import GenerateCTPipeline
+    from GenerateCTLib.slicer_support import RELEASED_SLICES
 
     torch.set_num_threads(os.cpu_count() or 1)
     pipe = GenerateCTPipeline.from_pretrained(bundle, device="cpu")
     ends: dict[str, float] = {}
-    run = dict(age=60, sex="male", impression="No acute cardiopulmonary findings.", num_slices=33, steps=18,
-               sr_steps=25)
+    slices = int(pipe.metadata["defaults"]["num_slices"])
+    steps, sr_steps = 18, 25  # the pipeline's defaults
+    run = dict(age=60, sex="male", impression="No acute cardiopulmonary findings.", num_slices=slices, steps=steps,
+               sr_steps=sr_steps)
     pipe(**run, seed=0)  # warm-up
     pipe(**run, seed=1, callback=lambda e: ends.__setitem__(e.stage, e.elapsed_s) if e.step == e.total else None)
-    slices, steps, sr_steps = run["num_slices"], run["steps"], run["sr_steps"]
-    frames, released_frames = pipe.ctvit.token_grid(slices)[0], pipe.ctvit.token_grid(201)[0]
+    frames, released_frames = pipe.ctvit.token_grid(slices)[0], pipe.ctvit.token_grid(RELEASED_SLICES)[0]
     sample = ends["sample_tokens"] - ends["encode_prompt"]
     decode = ends["decode"] - ends["sample_tokens"]
     sr = ends["super_resolve"] - ends["decode"]
     return {
         "maskgit_step_201_slices": round(sample / steps * released_frames / frames, 4),
-        "decode_201_slices": round(decode * 201 / slices, 4),
+        "decode_201_slices": round(decode * RELEASED_SLICES / slices, 4),
         "sr_step_per_slice": round(sr / (sr_steps * slices), 5),
     }
 
