@@ -231,6 +231,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
             seed=args.seed,
             steps=args.steps,
             cond_scale=args.cond_scale,
+            temperature=args.temperature,
             super_resolve=not args.no_sr,
             sr_steps=args.sr_steps,
             sr_batch_size=args.sr_batch_size,
@@ -402,6 +403,9 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--seed", type=int, help="random seed (default: random, recorded in the sidecar)")
     generate.add_argument("--steps", type=int, default=18, help="MaskGIT decoding steps (default 18)")
     generate.add_argument("--cond-scale", type=float, default=5.0, help="guidance scale (default 5)")
+    generate.add_argument("--temperature", type=float, default=0.9,
+                          help="MaskGIT sampling temperature, annealed to 0 (default 0.9 as released; higher: "
+                               "more variation between seeds)")
     generate.add_argument("--no-sr", action="store_true", help="skip super-resolution (fast low-res preview)")
     generate.add_argument("--sr-steps", type=int, default=25, help="diffusion steps (default 25)")
     generate.add_argument("--sr-batch-size", type=int, default=None,

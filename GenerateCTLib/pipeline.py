@@ -209,7 +209,8 @@ class GenerateCTPipeline:
         max_frames = self.maskgit.config.max_seq_len // (h * w)
         return self.ctvit.num_slices(max_frames)
 
-    def check_inputs(self, *, num_slices, steps, cond_scale, super_resolve, sr_steps, sr_batch_size) -> None:
+    def check_inputs(self, *, num_slices, steps, cond_scale, temperature, super_resolve, sr_steps,
+                     sr_batch_size) -> None:
         pt = self.ctvit.config.temporal_patch_size
         if isinstance(num_slices, bool) or not isinstance(num_slices, int) or num_slices < 1 or (num_slices - 1) % pt:
             raise ValueError(f"num_slices must be an odd number of slices (1 + {pt}·k), got {num_slices!r}")
@@ -219,6 +220,9 @@ class GenerateCTPipeline:
             raise ValueError(f"steps must be an integer >= 1, got {steps!r}")
         if not isinstance(cond_scale, (int, float)) or not math.isfinite(cond_scale) or cond_scale < 0:
             raise ValueError(f"cond_scale must be a finite number >= 0, got {cond_scale!r}")
+        if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or not (
+                math.isfinite(temperature) and temperature >= 0):
+            raise ValueError(f"temperature must be a finite number >= 0, got {temperature!r}")
         if super_resolve:
             if self.super_resolution is None:
                 raise ValueError("super_resolve=True but the pipeline was loaded without the super-resolution Unet")
@@ -239,6 +243,7 @@ class GenerateCTPipeline:
         seed: int | None = None,
         steps: int = 18,
         cond_scale: float = 5.0,
+        temperature: float = 0.9,
         super_resolve: bool = True,
         sr_steps: int = 25,
         sr_batch_size: int | None = None,
@@ -255,6 +260,8 @@ class GenerateCTPipeline:
             num_slices: odd slice count (default: the bundle's ``defaults.num_slices``, else 201 as released).
             seed: seeds every random draw (None: a random seed, recorded in the output).
             steps, cond_scale: MaskGIT decoding steps and classifier-free guidance scale.
+            temperature: the Gumbel sampling temperature of the first decoding step, annealed linearly to 0
+                (released: 0.9). Higher values make volumes differ more between seeds; 0 is greedy.
             super_resolve, sr_steps, sr_batch_size: the diffusion SR stage, its steps and slices per batch
                 (default 1 on the CPU, where larger batches outgrow the caches, and 8 on a GPU). Each slice
                 draws its noise from its own generator, so the result does not depend on ``sr_batch_size``.
@@ -281,6 +288,7 @@ class GenerateCTPipeline:
             num_slices=num_slices,
             steps=steps,
             cond_scale=cond_scale,
+            temperature=temperature,
             super_resolve=super_resolve,
             sr_steps=sr_steps,
             sr_batch_size=sr_batch_size,
@@ -317,7 +325,7 @@ class GenerateCTPipeline:
             text_embeds,
             text_mask,
             grid=grid,
-            scheduler=MaskGITScheduler(steps),
+            scheduler=MaskGITScheduler(steps, starting_temperature=temperature),
             cond_scale=cond_scale,
             generator=torch.Generator(self.device).manual_seed(seeds["sample_tokens"]),
             callback=lambda done, total: progress("sample_tokens", done, total),
@@ -360,6 +368,7 @@ class GenerateCTPipeline:
             "num_slices": num_slices,
             "steps": steps,
             "cond_scale": cond_scale,
+            "temperature": temperature,
             "super_resolve": super_resolve,
             "sr_steps": sr_steps if super_resolve else None,
             "sr_batch_size": sr_batch_size if super_resolve else None,
@@ -383,6 +392,43 @@ class GenerateCTPipeline:
             attention=attention,
             provenance=provenance,
         )
+
+    @torch.no_grad()
+    def super_resolve(
+        self,
+        volume_hu: np.ndarray,
+        prompt: str,
+        *,
+        seed: int = 0,
+        sr_steps: int = 25,
+        sr_batch_size: int | None = None,
+        callback: ProgressCallback | None = None,
+    ) -> np.ndarray:
+        """Only the SR stage: a base-grid ``(z, h, w)`` volume in HU (``h = w`` = the CT-ViT image size,
+        e.g. a CT-ViT reconstruction) → ``(z, s·h, s·w)`` HU, conditioned on ``prompt``. Slice ``k`` draws
+        the same noise as in a full generation with seed ``seed - 1``."""
+        if self.super_resolution is None:
+            raise ValueError("super_resolve needs the super-resolution Unet; the pipeline was loaded without it")
+        volume_hu = np.asarray(volume_hu)
+        size = self.ctvit.config.image_size
+        if volume_hu.ndim != 3 or volume_hu.shape[1:] != (size, size) or not np.isfinite(volume_hu).all():
+            raise ValueError(f"volume_hu must be a finite (z, {size}, {size}) array in HU, got shape {volume_hu.shape}")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"prompt must be non-empty text, got {prompt!r}")
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+            raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
+        if sr_batch_size is None:
+            sr_batch_size = 8 if self.device.type == "cuda" else 1
+        if isinstance(sr_batch_size, bool) or not isinstance(sr_batch_size, int) or sr_batch_size < 1:
+            raise ValueError(f"sr_batch_size must be an integer >= 1, got {sr_batch_size!r}")
+        if isinstance(sr_steps, bool) or not isinstance(sr_steps, int) or sr_steps < 1:
+            raise ValueError(f"sr_steps must be an integer >= 1, got {sr_steps!r}")
+        text = self.text_encoder.encode(prompt)
+        lowres = torch.from_numpy(np.clip(volume_hu.astype(np.float32), -1000, 1000) / 1000.0).to(self.device)
+        progress = _Progress(callback, {"super_resolve": (sr_steps * volume_hu.shape[0], 1.0)})
+        volume_01 = self._super_resolve(lowres, text.embeds.to(self.device, self.dtype), text.mask.to(self.device),
+                                        seed, sr_steps, sr_batch_size, progress)
+        return super_resolution_output_to_hu(volume_01)
 
     def _super_resolve(self, lowres, text_embeds, text_mask, seed, sr_steps, batch_size, progress) -> np.ndarray:
         """``(z, h, w)`` base output ≈ HU/1000 → ``(z, s·h, s·w)`` in [0, 1] (s = the bundle's

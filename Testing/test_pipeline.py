@@ -35,6 +35,16 @@ def test_same_seed_same_volume_other_seed_differs(pipe):
     assert not np.array_equal(a.volume_hu, c.volume_hu)
 
 
+def test_temperature_is_recorded_and_zero_is_greedy(pipe):
+    kw = dict(prompt="50 years old male: Pleural effusion.", num_slices=9, steps=3, super_resolve=False,
+              temperature=0.0)
+    a, b = pipe(seed=1, **kw), pipe(seed=2, **kw)
+    assert np.array_equal(a.volume_hu, b.volume_hu)  # no Gumbel noise: the seed does not matter
+    assert a.provenance["temperature"] == 0.0
+    hot = pipe(seed=1, **{**kw, "temperature": 5.0})
+    assert not np.array_equal(a.volume_hu, hot.volume_hu)
+
+
 def test_super_resolution_is_batch_size_independent(pipe):
     kw = dict(prompt="50 years old male: Nodule.", num_slices=3, steps=2, sr_steps=2, seed=5)
     a = pipe(sr_batch_size=1, **kw)
@@ -42,6 +52,19 @@ def test_super_resolution_is_batch_size_independent(pipe):
     assert a.volume_hu.shape == (3, 128, 128)
     assert np.allclose(a.volume_hu, b.volume_hu, atol=1e-2)
     assert a.spacing_mm == pytest.approx((1.5, 3.0, 3.0))
+
+
+def test_super_resolve_alone_matches_the_full_cascade(pipe):
+    kw = dict(prompt="50 years old male: Nodule.", num_slices=3, steps=2, seed=5)
+    full = pipe(sr_steps=2, **kw)
+    lowres = pipe(super_resolve=False, **kw)
+    alone = pipe.super_resolve(lowres.volume_hu, kw["prompt"], seed=6, sr_steps=2)  # the cascade uses seed + 1
+    assert alone.shape == (3, 128, 128)
+    assert np.allclose(alone, full.volume_hu, atol=0.5)
+    with pytest.raises(ValueError, match=r"volume_hu must be a finite \(z, 32, 32\)"):
+        pipe.super_resolve(np.zeros((3, 16, 16)), kw["prompt"])
+    with pytest.raises(ValueError, match="sr_steps"):
+        pipe.super_resolve(lowres.volume_hu, kw["prompt"], sr_steps=0)
 
 
 def test_progress_events_and_cancel(pipe):
@@ -70,6 +93,7 @@ def test_progress_events_and_cancel(pipe):
         (dict(prompt="p", num_slices=301), "num_slices"),
         (dict(prompt="p", num_slices=9, steps=0), "steps"),
         (dict(prompt="p", num_slices=9, cond_scale=-1.0), "cond_scale"),
+        (dict(prompt="p", num_slices=9, temperature=float("nan")), "temperature"),
         (dict(prompt="p", num_slices=9, seed=-4), "seed"),
         (dict(prompt="p", age=3), "not both"),
     ],

@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=2024, help="case sampling and generation seed")
     parser.add_argument("--no-sr", action="store_true", help="analyse the low-resolution stage only")
     parser.add_argument("--cond-scale", type=float, default=None, help="guidance (default: the bundle's)")
+    parser.add_argument("--temperature", type=float, default=None,
+                        help="MaskGIT sampling temperature (default: the pipeline's, 0.9 as released)")
     parser.add_argument("--split", choices=("eval", "train"), default="eval",
                         help="prompt phrasings and finding pairs: held out (eval, the measurement) or the training "
                              "ones (train, for tuning sampling settings without touching the held-out prompts)")
@@ -62,7 +64,8 @@ def main() -> None:
     for i in range(args.n):
         spec = sample_spec(rng, args.split)
         prompt = build_prompt(spec.age, spec.sex, impression(spec, rng, args.split))
-        options = {} if args.cond_scale is None else {"cond_scale": args.cond_scale}
+        options = {name: value for name, value in (("cond_scale", args.cond_scale),
+                                                    ("temperature", args.temperature)) if value is not None}
         out = pipe(prompt, seed=args.seed + i, super_resolve=not args.no_sr, **options)
         found = analyze_volume(out.volume_hu, out.geometry)["findings"]
         phantom = generate_phantom(spec, out.volume_hu.shape, rng=args.seed + i)

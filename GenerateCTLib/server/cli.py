@@ -116,8 +116,8 @@ def run_remote_generate(args: argparse.Namespace) -> int:
     """``generatect generate --remote URL``: the same files as a local ``generate``, made by a server.
 
     Uses ``args.remote``, ``args.token_file`` (else ``$GENERATECT_TOKEN``), optional ``args.ca_bundle``, and
-    the ``generate`` options (prompt / age / sex / impression, slices, seed, steps, cond_scale, no_sr,
-    sr_steps, out, format, dtype, attention, preview, progress, overwrite). Writes the volume, its
+    the ``generate`` options (prompt / age / sex / impression, slices, seed, steps, cond_scale, temperature,
+    no_sr, sr_steps, out, format, dtype, attention, preview, progress, overwrite). Writes the volume, its
     ``<stem>.json`` provenance and, with ``--attention``, ``<stem>_attention/``. Ctrl-C cancels the job.
     """
     from GenerateCTLib.cli import CLIError, _ProgressPrinter
@@ -158,8 +158,8 @@ def run_remote_generate(args: argparse.Namespace) -> int:
     try:
         job = client.submit(prompt=args.prompt, age=args.age, sex=args.sex, impression=args.impression,
                             seed=args.seed, num_slices=args.slices, steps=args.steps, cond_scale=args.cond_scale,
-                            super_resolve=not args.no_sr, sr_steps=args.sr_steps, attention=args.attention,
-                            format=fmt, dtype=args.dtype)
+                            temperature=args.temperature, super_resolve=not args.no_sr, sr_steps=args.sr_steps,
+                            attention=args.attention, format=fmt, dtype=args.dtype)
         job_id = job["id"]
         if args.progress == "json":
             print(json.dumps({"event": "submitted", "job_id": job_id, "server": client.url}), flush=True)

@@ -202,8 +202,9 @@ class GenerateCTClient:
 
     def submit(self, **request: Any) -> dict[str, Any]:
         """Queue a job: ``prompt`` or ``age``/``sex``/``impression``, plus ``seed``, ``num_slices``, ``steps``,
-        ``cond_scale``, ``super_resolve``, ``sr_steps``, ``attention``, ``format`` (``nii.gz``/``nrrd``),
-        ``dtype``. None values are left out (server defaults). Returns the job status (``id``, ``status``)."""
+        ``cond_scale``, ``temperature``, ``super_resolve``, ``sr_steps``, ``attention``, ``format``
+        (``nii.gz``/``nrrd``), ``dtype``. None values are left out (server defaults). Returns the job status
+        (``id``, ``status``)."""
         body = {key: value for key, value in request.items() if value is not None}
         return self._request("POST", "jobs", json=body).json()
 

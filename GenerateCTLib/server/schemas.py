@@ -23,6 +23,7 @@ MAX_SLICES_API = 1001  # a hard cap of the API; the model's own maximum is usual
 MAX_STEPS = 100
 MAX_SR_STEPS = 1000
 MAX_COND_SCALE = 20.0
+MAX_TEMPERATURE = 10.0
 MAX_SEED = 2**31 - 1  # the pipeline derives per-slice seeds from it (seed * 100003 + slice) within 64 bits
 MAX_PROMPT_CHARS = MAX_IMPRESSION_CHARS + 40
 
@@ -60,6 +61,8 @@ class JobRequest(BaseModel):
     )
     steps: int = Field(18, ge=1, le=MAX_STEPS, description="MaskGIT decoding steps")
     cond_scale: float = Field(5.0, ge=0, le=MAX_COND_SCALE, allow_inf_nan=False, description="guidance scale")
+    temperature: float = Field(0.9, ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False,
+                               description="MaskGIT sampling temperature, annealed to 0 (0.9 as released)")
     super_resolve: bool = Field(True, description="run the diffusion super-resolution stage (512² slices)")
     sr_steps: int = Field(25, ge=1, le=MAX_SR_STEPS, description="super-resolution diffusion steps")
     attention: bool = Field(False, description="also compute per-word / per-phrase cross-attention heatmaps")

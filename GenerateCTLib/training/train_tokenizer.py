@@ -43,8 +43,9 @@ logger = logging.getLogger(__name__)
 class TokenizerTrainConfig(common.TrainConfigBase):
     """CT-ViT training settings; ``model`` holds :class:`CTViTConfig` fields (defaults: the released model).
 
-    Loss settings: ``commitment_weight``; ``window_weight`` with ``window_hu`` (an extra MSE inside that HU
-    window, :func:`windowed_mse`; 0, the reference, disables it); ``perceptual_weight`` with
+    Loss settings: ``commitment_weight``; ``window_weight`` with ``window_hu`` (an extra MSE inside each HU
+    window, :func:`windowed_mse`, summed; one ``[low, high]`` pair or a list of them, e.g. the lung and
+    mediastinal windows; 0, the reference, disables it); ``perceptual_weight`` with
     ``vgg16_weights`` (a local torchvision
     VGG16 state dict; skipped when absent); ``adversarial_weight`` (0 disables the discriminator),
     ``adversarial_start_step``, ``discriminator_lr`` (reference 3e-7), ``discriminator_every``,
@@ -60,7 +61,7 @@ class TokenizerTrainConfig(common.TrainConfigBase):
     max_grad_norm: float | None = 0.5
     commitment_weight: float = 1.0
     window_weight: float = 0.0
-    window_hu: tuple[float, float] = (-1000.0, -500.0)
+    window_hu: tuple[tuple[float, float], ...] = ((-1000.0, -500.0),)
     perceptual_weight: float = 1.0
     vgg16_weights: str | None = None
     adversarial_weight: float = 1.0
@@ -83,11 +84,17 @@ class TokenizerTrainConfig(common.TrainConfigBase):
                 f"discriminator_every={self.discriminator_every!r}, gradient_penalty_every="
                 f"{self.gradient_penalty_every!r} are invalid; allowed: ints >= 1"
             )
-        if len(self.window_hu) != 2 or not -1000 <= self.window_hu[0] < self.window_hu[1] <= 1000:
+        windows = self.window_hu
+        if len(windows) and not isinstance(windows[0], (list, tuple)):
+            windows = (windows,)  # a single [low, high] pair
+        if not windows or any(
+            not isinstance(w, (list, tuple)) or len(w) != 2 or not -1000 <= w[0] < w[1] <= 1000 for w in windows
+        ):
             raise ValueError(
-                f"window_hu={self.window_hu!r} is invalid; allowed: [low, high] HU, -1000 <= low < high <= 1000"
+                f"window_hu={self.window_hu!r} is invalid; allowed: a [low, high] HU pair or a list of them, "
+                "-1000 <= low < high <= 1000"
             )
-        self.window_hu = (float(self.window_hu[0]), float(self.window_hu[1]))
+        self.window_hu = tuple((float(low), float(high)) for low, high in windows)
         if self.window_weight < 0:
             raise ValueError(f"window_weight={self.window_weight!r} is invalid; allowed: a float >= 0")
         if not 0 <= self.codebook_decay < 1:
@@ -197,7 +204,7 @@ def train_tokenizer(
             loss = mse + config.commitment_weight * out["commit_loss"]
             window = mse.new_zeros(())
             if config.window_weight > 0:
-                window = windowed_mse(recon, volume, config.window_hu)
+                window = sum(windowed_mse(recon, volume, w) for w in config.window_hu)
             loss = loss + config.window_weight * window
             base = mse
             real_slice, fake_slice = volume[:, :, slice_index], recon[:, :, slice_index]

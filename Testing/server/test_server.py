@@ -152,6 +152,7 @@ def test_every_protected_route_needs_the_token(server):
         ({"prompt": "x", "steps": 0}, "steps: Input should be greater than or equal to 1"),
         ({"prompt": "x", "sr_steps": 1001}, "sr_steps: Input should be less than or equal to 1000"),
         ({"prompt": "x", "cond_scale": 21}, "cond_scale: Input should be less than or equal to 20"),
+        ({"prompt": "x", "temperature": -0.5}, "temperature: Input should be greater than or equal to 0"),
         ({"prompt": "x", "format": "dicom"}, "format: Input should be 'nii.gz' or 'nrrd'"),
         ({"prompt": "   "}, "prompt: must contain text, not only whitespace"),
         ({"prompt": "x", "colour": "red"}, "colour: Extra inputs are not permitted"),
@@ -199,7 +200,7 @@ def test_remote_generate_writes_the_same_files_as_local_generate(server, tmp_pat
     out = tmp_path / "remote.nii.gz"
     args = argparse.Namespace(
         remote=server.url, token_file=str(token_file), prompt=None, age=40, sex="male", impression="emphysema.",
-        slices=3, seed=5, steps=2, cond_scale=5.0, no_sr=True, sr_steps=25, sr_batch_size=None, device="auto",
+        slices=3, seed=5, steps=2, cond_scale=5.0, temperature=1.5, no_sr=True, sr_steps=25, sr_batch_size=None, device="auto",
         out=str(out), format=None, dtype="float32", attention=True, preview=None, progress="json", overwrite=False,
         no_prompt=False, multiframe=False, model=None,
     )
@@ -209,5 +210,6 @@ def test_remote_generate_writes_the_same_files_as_local_generate(server, tmp_pat
     assert any(line["event"] == "progress" for line in lines)
     volume, _ = read_volume(out)
     assert volume.shape == (3, 32, 32) and volume.dtype == np.float32
-    assert json.loads((tmp_path / "remote.json").read_text())["seeds"]["sample_tokens"] == 5
+    provenance = json.loads((tmp_path / "remote.json").read_text())
+    assert provenance["seeds"]["sample_tokens"] == 5 and provenance["temperature"] == 1.5
     assert (tmp_path / "remote_attention" / "index.json").is_file()

@@ -64,11 +64,14 @@ def test_tokenizer_training(trained):
 def test_tokenizer_window_loss_is_logged_and_validated(trained, tmp_path):
     config = TokenizerTrainConfig(model=CTVIT, num_slices=9, lr=1e-3, batch_size=2, steps=3, adversarial_weight=0.0,
                                   window_weight=1.0, window_hu=[-1000, -500])
-    assert config.window_hu == (-1000.0, -500.0)
+    assert config.window_hu == ((-1000.0, -500.0),)  # one pair is one window
+    two = TokenizerTrainConfig(model=CTVIT, num_slices=9, window_hu=[[-1000, -700], [-150, 150]])
+    assert two.window_hu == ((-1000.0, -700.0), (-150.0, 150.0))
     result = train_tokenizer(trained["data"], config, tmp_path / "w", progress=False)
     assert len(result.history["window"]) == 3 and all(v > 0 for v in result.history["window"])
     assert all(v == 0 for v in trained["ctvit"].history["window"])  # off by default, as in the reference
-    for bad in ({"window_hu": (-500, -1000)}, {"window_hu": (-2000, 0)}, {"window_weight": -1.0}):
+    for bad in ({"window_hu": (-500, -1000)}, {"window_hu": (-2000, 0)}, {"window_hu": [[-1000, -700], [0]]},
+                {"window_hu": []}, {"window_weight": -1.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             TokenizerTrainConfig(model=CTVIT, num_slices=9, **bad)
 
