@@ -17,10 +17,15 @@ Two reference quirks are reproduced on purpose, because the released weights wer
 * the *temporal* transformer's PEG reinterprets the ``((b h w), t, d)`` token tensor with a plain
   ``reshape(b, t, h, w, d)`` (not a rearrange), convolves that scrambled grid and reshapes back.
 
-One option departs from the reference, off by default: ``patch_norm=False`` drops the LayerNorm over each
-flattened patch before its projection. That LayerNorm removes each patch's mean and contrast, so the
-encoder cannot see the absolute density of a region (lung at -850 HU and emphysematous lung at -920 HU give
-the same tokens); models trained from scratch may keep it off. The released model has it on.
+Two options depart from the reference, both off by default (the released model has neither):
+
+* ``patch_norm=False`` drops the LayerNorm over each flattened patch before its projection. That LayerNorm
+  removes each patch's mean and contrast, so the encoder cannot see the absolute density of a region (lung
+  at -850 HU and emphysematous lung at -920 HU give the same tokens).
+* ``fsq_levels`` replaces the cosine-similarity VQ with finite scalar quantisation
+  (:class:`~GenerateCTLib.tokenizer.quantizer.FiniteScalarQuantizer`, ``codebook_size = prod(fsq_levels)``).
+  The cosine VQ discards the norm of each token and assigns nearby directions to one code: with it, the
+  demo's encoder tells emphysematous from normal lung before quantisation, and the codes do not.
 """
 
 from __future__ import annotations
@@ -37,7 +42,7 @@ from GenerateCTLib.layers.position_bias import ContinuousPositionBias
 from GenerateCTLib.layers.reference_layout import items_to_state_dict, load_reference_items, prefixed
 from GenerateCTLib.layers.transformer import Transformer
 from GenerateCTLib.modeling import ModelConfig, PretrainedModel
-from GenerateCTLib.tokenizer.quantizer import CosineSimQuantizer
+from GenerateCTLib.tokenizer.quantizer import CosineSimQuantizer, FiniteScalarQuantizer
 
 
 @dataclasses.dataclass
@@ -55,6 +60,7 @@ class CTViTConfig(ModelConfig):
     heads: int = 8
     channels: int = 1
     patch_norm: bool = True  # LayerNorm over each flattened patch (reference); see the module docstring
+    fsq_levels: tuple[int, ...] = ()  # empty: the reference cosine-sim VQ; see the module docstring
 
     def __post_init__(self) -> None:
         for name in (
@@ -74,6 +80,14 @@ class CTViTConfig(ModelConfig):
                 raise ValueError(f"{name}={value!r} is invalid; allowed: a positive int")
         if not isinstance(self.patch_norm, bool):
             raise ValueError(f"patch_norm={self.patch_norm!r} is invalid; allowed: true or false")
+        levels = tuple(self.fsq_levels)
+        if any(not isinstance(v, int) or isinstance(v, bool) or v < 2 for v in levels) or (
+                levels and int(torch.tensor(levels).prod()) != self.codebook_size):
+            raise ValueError(
+                f"fsq_levels={self.fsq_levels!r} is invalid; allowed: empty (cosine-sim VQ) or ints >= 2 whose "
+                f"product is codebook_size={self.codebook_size}"
+            )
+        self.fsq_levels = levels
         if self.image_size % self.patch_size:
             raise ValueError(f"image_size={self.image_size} is invalid; allowed: multiples of {self.patch_size}")
 
@@ -97,7 +111,7 @@ class CTViTConfig(ModelConfig):
         Missing optional arguments take the *reference* defaults (e.g. ``dim_head=64``); training-only
         arguments are ignored; unknown ones raise ``ValueError``.
         """
-        names = {f.name for f in dataclasses.fields(cls)} - {"patch_norm"}  # not a reference argument
+        names = {f.name for f in dataclasses.fields(cls)} - {"patch_norm", "fsq_levels"}  # not reference arguments
         allowed = names | set(cls._REFERENCE_TRAINING_ONLY)
         unknown = sorted(set(kwargs) - allowed)
         if unknown:
@@ -158,7 +172,8 @@ class CTViT(PretrainedModel):
         self.patch_embed = PatchEmbedding(pixels * c.temporal_patch_size, c.dim, normalize_patches=c.patch_norm)
         self.enc_spatial_transformer = Transformer(c.dim, depth=c.spatial_depth, **block)
         self.enc_temporal_transformer = Transformer(c.dim, depth=c.temporal_depth, **block)
-        self.vq = CosineSimQuantizer(c.dim, c.codebook_size)
+        self.vq = FiniteScalarQuantizer(c.dim, c.fsq_levels) if c.fsq_levels else CosineSimQuantizer(
+            c.dim, c.codebook_size)
         self.dec_spatial_transformer = Transformer(c.dim, depth=c.spatial_depth, **block)
         self.dec_temporal_transformer = Transformer(c.dim, depth=c.temporal_depth, **block)
         self.to_pixels_first_frame = nn.Linear(c.dim, pixels)
@@ -295,8 +310,11 @@ class CTViT(PretrainedModel):
     # -- reference layout ---------------------------------------------------------------------------
 
     def _reference_items(self):
-        if not self.config.patch_norm:
-            raise ValueError("patch_norm=False has no reference layout; allowed: models with patch_norm=True")
+        for option, off in (("patch_norm=False", not self.config.patch_norm),
+                            (f"fsq_levels={self.config.fsq_levels}", bool(self.config.fsq_levels))):
+            if off:
+                raise ValueError(f"{option} has no reference layout; allowed: models with patch_norm=True and "
+                                 "the cosine-sim VQ (fsq_levels empty)")
         items = prefixed(self.spatial_rel_pos_bias, "spatial_rel_pos_bias.", "spatial_rel_pos_bias.")
         items += prefixed(self.patch_embed_first, "patch_embed_first.", "to_patch_emb_first_frame.", _PATCH_RENAMES)
         items += prefixed(self.patch_embed, "patch_embed.", "to_patch_emb.", _PATCH_RENAMES)

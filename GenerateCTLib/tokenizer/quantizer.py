@@ -160,3 +160,69 @@ class CosineSimQuantizer(nn.Module):
         self.embed.data[0][dead] = flat[pick].to(self.embed.dtype)
         self.cluster_size.data[0][dead] = threshold
         return count
+
+
+class FiniteScalarQuantizer(nn.Module):
+    """Finite scalar quantisation (Mentzer et al., 2023), an alternative to the reference VQ (not released).
+
+    A linear map takes each token to ``len(levels)`` scalars; each is bounded with a shifted ``tanh`` to
+    ``levels[i]`` values and rounded (straight-through gradient). The implicit codebook is the grid of all
+    combinations, ``prod(levels)`` codes; an id is the mixed-radix number of the per-scalar levels. Another
+    linear map takes the quantised scalars back to the token width. Nothing to initialise or update: no
+    codebook collapse, and a scalar such as a region's density can be kept as such.
+    """
+
+    def __init__(self, dim: int, levels: tuple[int, ...], *, eps: float = 1e-3):
+        super().__init__()
+        if not levels or any(not isinstance(v, int) or v < 2 for v in levels):
+            raise ValueError(f"levels={levels!r} is invalid; allowed: a non-empty sequence of ints >= 2")
+        self.levels = tuple(levels)
+        self.eps = eps
+        self.project_in = nn.Linear(dim, len(levels))
+        self.project_out = nn.Linear(len(levels), dim)
+        basis = torch.cumprod(torch.tensor((1, *levels[:-1])), dim=0)
+        self.register_buffer("_levels", torch.tensor(levels), persistent=False)
+        self.register_buffer("_basis", basis, persistent=False)
+
+    @property
+    def codebook_size(self) -> int:
+        return int(torch.tensor(self.levels).prod())
+
+    def _bound(self, z: torch.Tensor) -> torch.Tensor:
+        """Scalars to ``[-(L-1)/2, (L-1)/2]`` (shifted by 1/2 for even ``L``, so rounding gives ``L`` values)."""
+        levels = self._levels.to(z.dtype)
+        half = (levels - 1) * (1 + self.eps) / 2
+        offset = torch.where(self._levels % 2 == 0, 0.5, 0.0).to(z.dtype)
+        shift = torch.atanh(offset / half)
+        return torch.tanh(z + shift) * half - offset
+
+    def _scalars(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(..., dim)`` -> ``(..., len(levels))`` integer-valued levels centred on 0 (straight-through)."""
+        bounded = self._bound(self.project_in(tokens).float())
+        return bounded + (bounded.round() - bounded).detach()
+
+    def _ids_from_scalars(self, scalars: torch.Tensor) -> torch.Tensor:
+        digits = (scalars.round() + (self._levels // 2)).long()
+        return (digits * self._basis).sum(dim=-1)
+
+    def ids(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(..., dim)`` -> ``(...)`` int64 ids in ``[0, prod(levels))``."""
+        return self._ids_from_scalars(self._scalars(tokens))
+
+    def lookup(self, ids: torch.Tensor) -> torch.Tensor:
+        """``(...)`` int64 ids -> ``(..., dim)`` tokens (the quantised scalars mapped back)."""
+        digits = (ids[..., None] // self._basis) % self._levels
+        scalars = (digits - self._levels // 2).to(self.project_out.weight.dtype)
+        return self.project_out(scalars / (self._levels // 2))
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(..., dim)`` -> (quantised ``(..., dim)``, ids ``(...)``)."""
+        ids = self.ids(tokens)
+        return self.lookup(ids), ids
+
+    def quantize_for_training(self, tokens: torch.Tensor) -> QuantizerTrainingOutput:
+        """Straight-through quantisation; FSQ has no commitment loss (it is returned as 0)."""
+        scalars = self._scalars(tokens)
+        quantized = self.project_out((scalars / (self._levels // 2)).to(tokens.dtype))
+        return QuantizerTrainingOutput(quantized=quantized, ids=self._ids_from_scalars(scalars.detach()),
+                                       commit_loss=tokens.new_zeros(()))

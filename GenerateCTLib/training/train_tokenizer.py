@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from GenerateCTLib.tokenizer.ctvit import CTViT, CTViTConfig
+from GenerateCTLib.tokenizer.quantizer import CosineSimQuantizer
 from GenerateCTLib.training import common
 from GenerateCTLib.training.data import CTReportDataset
 from GenerateCTLib.training.losses import (
@@ -119,7 +120,7 @@ class CTViTTrainingModel(nn.Module):
         """``(b, c, z, y, x)`` -> ``{"recon": same shape, "commit_loss": scalar, "ids": (b, t, h, w)}``."""
         tokens = self.ctvit.encode(volume)
         out = self.ctvit.vq.quantize_for_training(tokens)
-        if self.training:
+        if self.training and isinstance(self.ctvit.vq, CosineSimQuantizer):  # FSQ has no codebook to update
             self.ctvit.vq.ema_update(tokens.detach(), out.ids, decay=self.codebook_decay)
             if self.dead_code_threshold > 0:
                 self.ctvit.vq.replace_dead_codes(tokens.detach(), self.dead_code_threshold)
@@ -182,7 +183,7 @@ def train_tokenizer(
         logger.info("resuming CT-ViT training from step %d", step)
     elif common.init_from_pretrained(ctvit, config):
         logger.info("CT-ViT weights and codebook from %s", config.init_from)
-    elif config.kmeans_init:
+    elif config.kmeans_init and isinstance(ctvit.vq, CosineSimQuantizer):
         with torch.no_grad():
             first = torch.stack([dataset.volume(i) for i in range(min(len(dataset), config.batch_size))])
             ctvit.vq.kmeans_init(ctvit.encode(first), generator=generator)

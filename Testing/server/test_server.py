@@ -200,9 +200,9 @@ def test_remote_generate_writes_the_same_files_as_local_generate(server, tmp_pat
     out = tmp_path / "remote.nii.gz"
     args = argparse.Namespace(
         remote=server.url, token_file=str(token_file), prompt=None, age=40, sex="male", impression="emphysema.",
-        slices=3, seed=5, steps=2, cond_scale=5.0, temperature=1.5, no_sr=True, sr_steps=25, sr_batch_size=None, device="auto",
-        out=str(out), format=None, dtype="float32", attention=True, preview=None, progress="json", overwrite=False,
-        no_prompt=False, multiframe=False, model=None,
+        slices=3, seed=5, steps=2, cond_scale=5.0, temperature=1.5, no_sr=True, sr_steps=25, sr_batch_size=None,
+        device="auto", out=str(out), format=None, dtype="float32", attention=True, preview=None, progress="json",
+        overwrite=False, no_prompt=False, multiframe=False, model=None,
     )
     assert run_remote_generate(args) == 0
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]

@@ -224,3 +224,46 @@ def test_patch_norm_off_keeps_the_density_of_a_uniform_region(tmp_path):
         CTViTConfig(**small, patch_norm="no")
     with pytest.raises(ValueError, match="unknown.*patch_norm"):
         CTViTConfig.from_reference_kwargs({**small, "temporal_patch_size": 2, "patch_norm": False})
+
+
+def test_fsq_ids_lookup_and_straight_through():
+    from GenerateCTLib.tokenizer.quantizer import FiniteScalarQuantizer
+
+    torch.manual_seed(0)
+    fsq = FiniteScalarQuantizer(12, (8, 5, 3))
+    assert fsq.codebook_size == 120
+    # every id is a distinct grid point: the scalars of lookup's digits give the id back
+    ids = torch.arange(120)
+    digits = (ids[:, None] // fsq._basis) % fsq._levels
+    assert torch.equal(fsq._ids_from_scalars((digits - fsq._levels // 2).float()), ids)
+    # large encoder outputs reach the extreme levels, and nothing beyond them
+    tokens = torch.randn(4000, 12) * 50
+    seen = fsq.ids(tokens)
+    assert seen.min() >= 0 and seen.max() < 120 and {0, 119} <= set(seen.tolist())
+    tokens = torch.randn(64, 12, requires_grad=True)
+    out = fsq.quantize_for_training(tokens)
+    assert torch.allclose(out.quantized, fsq.lookup(out.ids), atol=1e-6) and out.commit_loss == 0
+    out.quantized.sum().backward()
+    assert tokens.grad.abs().sum() > 0  # straight-through rounding passes gradients to the encoder
+
+
+@torch.no_grad()
+def test_fsq_ctvit_round_trips_and_has_no_reference_layout(tmp_path):
+    small = dict(dim=32, codebook_size=40, image_size=16, patch_size=8, spatial_depth=1, temporal_depth=1,
+                 dim_head=8, heads=2)
+    torch.manual_seed(0)
+    model = CTViT(CTViTConfig(**small, fsq_levels=[5, 4, 2])).eval()
+    assert model.config.fsq_levels == (5, 4, 2)
+    volume = torch.randn(1, 1, 5, 16, 16) * 0.3
+    ids = model.encode_to_ids(volume)
+    assert ids.shape == (1, 3, 2, 2) and 0 <= ids.min() and ids.max() < 40
+    assert torch.allclose(model.decode_from_ids(ids), model(volume), atol=1e-6)
+    model.save_pretrained(tmp_path)
+    again = CTViT.from_pretrained(tmp_path)
+    assert again.config.fsq_levels == (5, 4, 2) and torch.equal(again(volume), model(volume))
+    with pytest.raises(ValueError, match=r"fsq_levels=\(5, 4, 2\) has no reference layout"):
+        model.reference_state_dict()
+    with pytest.raises(ValueError, match=r"fsq_levels=\(5, 4\) is invalid.*codebook_size=40"):
+        CTViTConfig(**small, fsq_levels=(5, 4))
+    with pytest.raises(ValueError, match="unknown.*fsq_levels"):
+        CTViTConfig.from_reference_kwargs({**small, "temporal_patch_size": 2, "fsq_levels": (5, 4, 2)})

@@ -76,6 +76,17 @@ def test_tokenizer_window_loss_is_logged_and_validated(trained, tmp_path):
             TokenizerTrainConfig(model=CTVIT, num_slices=9, **bad)
 
 
+def test_fsq_tokenizer_trains_without_codebook_updates(trained, tmp_path):
+    model = {**CTVIT, "fsq_levels": [4, 4, 2]}  # codebook_size 32
+    config = TokenizerTrainConfig(model=model, num_slices=9, lr=1e-3, batch_size=2, steps=16, adversarial_weight=0.0)
+    result = train_tokenizer(trained["data"], config, tmp_path / "fsq", progress=False)
+    assert all(v == 0 for v in result.history["commit"])
+    assert _mean(result.history["mse"][-4:]) < 0.7 * _mean(result.history["mse"][:4])
+    ctvit = CTViT.from_pretrained(result.model_dir)
+    assert ctvit.config.fsq_levels == (4, 4, 2)
+    assert ctvit.encode_to_ids(torch.zeros(1, 1, 9, 32, 32)).max() < 32
+
+
 def test_tokenizer_resume_equals_uninterrupted(trained, tmp_path):
     config = TokenizerTrainConfig(
         model=CTVIT, num_slices=9, lr=1e-3, discriminator_lr=1e-4, batch_size=2, steps=6, checkpoint_every=3
