@@ -63,6 +63,7 @@ class GenerateCTParameterNode:
     quality: str = support.GenerationRequest.quality
     steps: int = support.GenerationRequest.steps
     guidance: float = support.GenerationRequest.guidance
+    temperature: float = support.GenerationRequest.temperature
     srSteps: int = support.GenerationRequest.sr_steps
     compute: str = support.GenerationRequest.compute
     model: str = "Demo (bundled)"

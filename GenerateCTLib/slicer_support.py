@@ -174,7 +174,8 @@ EXAMPLE_PROMPTS = (
 
 
 MAX_SEED = 2**31 - 1
-MAX_GUIDANCE = 20.0
+MAX_GUIDANCE = 20.0  # the server's limits (server.schemas), without importing it
+MAX_TEMPERATURE = 10.0
 
 
 def parse_seed(text: str | int | None) -> int | None:
@@ -205,6 +206,7 @@ class GenerationRequest:
     quality: str = "Full"
     steps: int = 18
     guidance: float = 5.0
+    temperature: float = 0.9
     sr_steps: int = 25
     compute: str = "Auto"
 
@@ -218,7 +220,7 @@ class GenerationRequest:
         ``seed`` as typed text (:func:`parse_seed`: ValueError if it is not a seed)."""
         return cls(age=panel.age, sex=panel.sex, impression=panel.impression, seed=parse_seed(panel.seed),
                    slices=panel.slices, quality=panel.quality, steps=panel.steps, guidance=panel.guidance,
-                   sr_steps=panel.srSteps, compute=panel.compute)
+                   temperature=panel.temperature, sr_steps=panel.srSteps, compute=panel.compute)
 
 
 def validate_request(request: GenerationRequest) -> list[str]:
@@ -244,6 +246,8 @@ def validate_request(request: GenerationRequest) -> list[str]:
         problems.append(f"Steps must be 1 to 100 (got {request.steps!r}).")
     if not math.isfinite(request.guidance) or not 0.0 <= request.guidance <= MAX_GUIDANCE:
         problems.append(f"Guidance must be 0 to {MAX_GUIDANCE:g} (got {request.guidance!r}).")
+    if not math.isfinite(request.temperature) or not 0.0 <= request.temperature <= MAX_TEMPERATURE:
+        problems.append(f"Temperature must be 0 to {MAX_TEMPERATURE:g} (got {request.temperature!r}).")
     if not isinstance(request.sr_steps, int) or not 1 <= request.sr_steps <= 1000:
         problems.append(f"Super-resolution steps must be 1 to 1000 (got {request.sr_steps!r}).")
     if request.compute not in COMPUTE_CHOICES:

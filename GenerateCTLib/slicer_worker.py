@@ -78,7 +78,8 @@ def build_generate_command(python: str, request: GenerationRequest, model: str, 
         "--model", str(model),
         "--age", str(request.age), "--sex", request.sex, "--impression", request.impression.strip(),
         "--slices", str(request.slices), "--steps", str(request.steps), "--cond-scale", repr(float(request.guidance)),
-        "--sr-steps", str(request.sr_steps), "--device", DEVICE_BY_COMPUTE[request.compute],
+        "--temperature", repr(float(request.temperature)), "--sr-steps", str(request.sr_steps),
+        "--device", DEVICE_BY_COMPUTE[request.compute],
         "--out", str(out_path), "--progress", "json", "--overwrite",
     ]
     if request.seed is not None:
@@ -440,7 +441,8 @@ class RemoteGeneration:
         self.job_id: str = self.client.submit(
             age=request.age, sex=request.sex, impression=request.impression, seed=request.seed,
             num_slices=request.slices, steps=request.steps, cond_scale=request.guidance,
-            super_resolve=request.super_resolve, sr_steps=request.sr_steps, attention=True, format="nrrd")["id"]
+            temperature=request.temperature, super_resolve=request.super_resolve, sr_steps=request.sr_steps,
+            attention=True, format="nrrd")["id"]
         self.result: RemotePoll | None = None  # the last poll, once the job has finished
 
     def poll(self) -> RemotePoll:

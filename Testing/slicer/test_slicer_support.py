@@ -33,13 +33,19 @@ def test_progress_display_counts_down_between_lines():
     assert s.format_duration(None) == "estimating…" and s.format_duration(7300) == "2 h 01 min"
 
 
+def test_panel_limits_are_the_servers():
+    from GenerateCTLib.server import schemas
+
+    assert (s.MAX_GUIDANCE, s.MAX_TEMPERATURE) == (schemas.MAX_COND_SCALE, schemas.MAX_TEMPERATURE)
+
+
 def test_request_validation_messages():
     assert s.validate_request(request()) == []
     problems = s.validate_request(request(age=130, sex="x", impression=" ", slices=10, steps=0, guidance=99.0,
-                                          compute="TPU"))
+                                          temperature=-1.0, compute="TPU"))
     text = " ".join(problems)
     for part in ("Age must", "Sex must", "Write an impression", "odd number", "Steps must", "Guidance must",
-                 "Compute must"):
+                 "Temperature must", "Compute must"):
         assert part in text
     assert "at most 201" in s.validate_request(request(slices=203))[0]
     assert s.parse_seed("random") is None and s.parse_seed(" ") is None and s.parse_seed("42") == 42
@@ -129,10 +135,11 @@ def test_request_from_the_panel_and_checks_that_raise():
     from types import SimpleNamespace
 
     panel = SimpleNamespace(age=58, sex="female", impression="Right upper lobe mass.", seed="42", slices=9,
-                            quality="Preview", steps=4, guidance=3.5, srSteps=10, compute="Remote")
+                            quality="Preview", steps=4, guidance=3.5, temperature=2.0, srSteps=10,
+                            compute="Remote")
     assert s.GenerationRequest.from_panel(panel) == request(age=58, sex="female", impression="Right upper lobe mass.",
                                                             seed=42, quality="Preview", steps=4, guidance=3.5,
-                                                            sr_steps=10, compute="Remote")
+                                                            temperature=2.0, sr_steps=10, compute="Remote")
     assert s.GenerationRequest.from_panel(SimpleNamespace(**{**vars(panel), "seed": "random"})).seed is None
     with pytest.raises(ValueError, match="seed"):
         s.GenerationRequest.from_panel(SimpleNamespace(**{**vars(panel), "seed": "x"}))

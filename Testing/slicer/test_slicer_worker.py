@@ -43,11 +43,13 @@ def test_line_buffer_joins_chunks_and_splits_carriage_returns():
 
 
 def test_generate_command_is_accepted_by_the_cli_parser(tmp_path):
-    command = w.build_generate_command("python", request(quality="Preview", guidance=4.5), "models/demo",
+    command = w.build_generate_command("python", request(quality="Preview", guidance=4.5, temperature=1.5),
+                                       "models/demo",
                                        tmp_path / "ct.nrrd")
     assert command[:4] == ["python", "-m", "GenerateCTLib.cli", "generate"]
     args = build_parser().parse_args(command[3:])
     assert (args.age, args.sex, args.slices, args.seed, args.cond_scale) == (65, "male", 9, 7, 4.5)
+    assert args.temperature == 1.5
     assert args.no_sr and args.attention and args.progress == "json" and args.device == "cpu"
     assert "--seed" not in w.build_generate_command("python", request(seed=None), "m", "o.nrrd")
     with pytest.raises(ValueError, match="locally"):
