@@ -85,3 +85,25 @@ def test_cardiomegaly_prompt_gives_a_larger_heart_than_a_normal_one(pipe):
             values.append(analyze_volume(out.volume_hu, out.geometry)["measurements"]["ctr"])
         ctr[label] = float(np.mean(values))
     assert ctr["cardiomegaly"] > ctr["normal"] + 0.03, json.dumps(ctr)
+
+
+def test_super_resolution_is_as_close_to_the_phantom_as_trilinear_upsampling():
+    # benchmarks/demo_superres.py in small: the SR stage on the CT-ViT reconstruction of a phantom (what MaskGIT
+    # hands over at best) must not stray further from the phantom than plain upsampling (v0.3: 1.6× its error)
+    import torch
+    import torch.nn.functional as F
+
+    from GenerateCTLib.training.data import preprocess_volume
+
+    sr_pipe = GenerateCTPipeline.from_pretrained(DEMO)
+    phantom = generate_phantom(PhantomSpec(age=60, sex="male"), (33, 128, 128), rng=3)
+    target_hu = 1000.0 * preprocess_volume(phantom.volume_hu, num_slices=33, image_size=128)[0].numpy()
+    x = preprocess_volume(phantom.volume_hu, num_slices=33, image_size=64)[None]
+    with torch.no_grad():
+        recon = sr_pipe.ctvit.decode_from_ids(sr_pipe.ctvit.encode_to_ids(x))
+    upsampled = 1000.0 * F.interpolate(recon, size=(33, 128, 128), mode="trilinear")[0, 0].numpy()
+    middle = slice(15, 18)
+    sr_hu = sr_pipe.super_resolve(1000.0 * recon[0, 0, middle].numpy(), "60 years old male: Normal chest CT.", seed=1)
+    error = {name: float(np.sqrt(np.mean((volume - target_hu[middle]) ** 2)))
+             for name, volume in (("sr", sr_hu), ("trilinear", np.clip(upsampled[middle], -1000, 1000)))}
+    assert error["sr"] < 1.1 * error["trilinear"], error  # v0.4: 1.01×

@@ -1,8 +1,12 @@
 """Train the bundled demo model from scratch on chest phantoms and assemble it as a bundle.
 
 Every step is a ``generatect`` command (printed and recorded in the bundle's metadata with its wall time),
-except the tiny T5 text encoder, which is built with ``GenerateCTLib.training.tiny_t5``. The transformer and
-super-resolution stages run in parallel (two threads and one) once the tokenizer is trained.
+except the tiny T5 text encoder, which is built with ``GenerateCTLib.training.tiny_t5``. Two rounds:
+first the tokenizer, then the transformer and super-resolution in parallel (two threads and one), from
+``configs/demo/*.json`` (the v0.3 model); then each stage with a config in ``configs/demo/finetune/``
+again, starting from the first round's weights (``init_from``): super-resolution, trained at the low-res
+noise level it samples with, with min-SNR weighting and an EMA. The bundle takes each stage from the last
+round that trained it.
 
     python scripts/train_demo.py [--runs runs/demo] [--out GenerateCTLib/models/demo] [--n 500]
 
@@ -25,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs" / "demo"
+FINETUNE = CONFIGS / "finetune"
 
 
 GENERATECT = [sys.executable, "-m", "GenerateCTLib.cli"]
@@ -50,9 +55,14 @@ def run(args: list[str], log: list[dict], *, threads: int | None = None, wait: b
 
 
 def elapsed_s(log: list[dict]) -> float:
+    """Sequential steps plus, per round, the longest of the steps run side by side."""
     sequential = sum(step.get("wall_time_s", 0.0) for step in log if not step.get("parallel"))
-    parallel = max((step.get("wall_time_s", 0.0) for step in log if step.get("parallel")), default=0.0)
-    return round(sequential + parallel, 1)
+    rounds: dict[str, float] = {}
+    for step in log:
+        if step.get("parallel"):
+            key = str(step.get("round", ""))
+            rounds[key] = max(rounds.get(key, 0.0), step.get("wall_time_s", 0.0))
+    return round(sequential + sum(rounds.values()), 1)
 
 
 def save_log(path: Path, log: list[dict]) -> None:
@@ -93,34 +103,40 @@ def main() -> None:
                     "wall_time_s": round(time.perf_counter() - start, 1)})
         save_log(log_path, log)
 
-    # 3. tokenizer, then transformer and super-resolution side by side
-    def train(stage: str, out: str, **kw):
-        config = (CONFIGS / f"{stage}.json").relative_to(ROOT)
+    # 3. two rounds: the tokenizer, then the transformer and super-resolution side by side; then the stages
+    #    that have a fine-tuning config
+    def train(stage: str, out: str, configs: Path, **kw):
+        config = (configs / f"{stage}.json").relative_to(ROOT)
         return run(["train", stage, "--data", str(data), "--config", str(config), "--out", str(runs / out),
                     "--quiet"], log, **kw)
 
-    if not (runs / "tokenizer" / "model" / "config.json").is_file():
-        train("tokenizer", "tokenizer")
+    for configs, suffix in ((CONFIGS, ""), (FINETUNE, "-ft")):
+        if not suffix and not (runs / "tokenizer" / "model" / "config.json").is_file():
+            train("tokenizer", "tokenizer", configs)
+            save_log(log_path, log)
+        todo = [stage for stage in ("transformer", "superres") if (configs / f"{stage}.json").is_file()
+                and not (runs / f"{stage}{suffix}" / "model" / "config.json").is_file()]
+        # the transformer is the long stage: it keeps both cores once the shorter super-resolution run is done
+        jobs = [train(stage, f"{stage}{suffix}", configs, threads=2 if stage == "transformer" or len(todo) == 1 else 1,
+                      wait=False) for stage in todo]
+        while jobs:  # record each parallel job's own wall time, in completion order
+            for job in list(jobs):
+                proc, entry, start = job
+                if proc.poll() is None:
+                    continue
+                if proc.returncode != 0:
+                    raise SystemExit(f"failed: {entry['command']}")
+                entry["wall_time_s"] = round(time.perf_counter() - start, 1)
+                entry["parallel"] = True
+                entry["round"] = "finetune" if suffix else "scratch"
+                jobs.remove(job)
+            time.sleep(1)
         save_log(log_path, log)
-    jobs = []
-    # the transformer is the long stage: it keeps both cores once the shorter super-resolution run is done
-    for stage, threads in (("transformer", 2), ("superres", 1)):
-        if not (runs / stage / "model" / "config.json").is_file():
-            jobs.append(train(stage, stage, threads=threads, wait=False))
-    while jobs:  # record each parallel job's own wall time, in completion order
-        for job in list(jobs):
-            proc, entry, start = job
-            if proc.poll() is None:
-                continue
-            if proc.returncode != 0:
-                raise SystemExit(f"failed: {entry['command']}")
-            entry["wall_time_s"] = round(time.perf_counter() - start, 1)
-            entry["parallel"] = True
-            jobs.remove(job)
-        time.sleep(1)
-    save_log(log_path, log)
 
     # 4. the bundle
+    def last_round(stage: str) -> Path:
+        return runs / (f"{stage}-ft" if (FINETUNE / f"{stage}.json").is_file() else stage) / "model"
+
     from GenerateCTLib.checkpoints import write_bundle
     from GenerateCTLib.super_resolution.unet import SuperResolutionUnet
     from GenerateCTLib.tokenizer.ctvit import CTViT
@@ -128,8 +144,8 @@ def main() -> None:
 
     models = {
         "ctvit": CTViT.from_pretrained(runs / "tokenizer" / "model"),
-        "maskgit": MaskGIT.from_pretrained(runs / "transformer" / "model"),
-        "super_resolution": SuperResolutionUnet.from_pretrained(runs / "superres" / "model"),
+        "maskgit": MaskGIT.from_pretrained(last_round("transformer")),
+        "super_resolution": SuperResolutionUnet.from_pretrained(last_round("superres")),
     }
     metadata = {
         "description": "A demonstration model trained on synthetic phantoms; not a medical model. 33 slices "
@@ -140,6 +156,7 @@ def main() -> None:
         "training": {
             "steps": log,
             "configs": {p.stem: json.loads(p.read_text()) for p in sorted(CONFIGS.glob("*.json"))},
+            "finetune_configs": {p.stem: json.loads(p.read_text()) for p in sorted(FINETUNE.glob("*.json"))},
             "phantoms": {"n": args.n, "seed": 0, "split": "train", "shape": [33, 128, 128]},
             # elapsed: sequential steps plus the longest of the steps run side by side
             "wall_time_s": elapsed_s(log),
@@ -152,7 +169,7 @@ def main() -> None:
             args.out,
             models,
             name="generatect-demo",
-            version="0.3",
+            version="0.4",
             source="trained by scripts/train_demo.py on procedurally generated chest phantoms (GenerateCTLib.phantom)",
             text_encoder=text_encoder,
             overwrite=True,
