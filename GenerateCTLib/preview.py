@@ -190,7 +190,7 @@ def render_preview(
 
     def draw(ax, image: np.ndarray, aspect: float, letters: tuple[str, ...], title_text: str):
         ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, aspect=aspect, interpolation="antialiased")
-        ax.set_title(title_text, color="white", fontsize=8, pad=2)
+        ax.set_title(title_text, color="white", fontsize=TITLE_POINTS, pad=2)
         ax.set_axis_off()
         for text, xy, align in zip(
             letters,
@@ -231,7 +231,7 @@ def render_preview(
         for column, (name, cut, letters) in enumerate(_PLANES):
             ax = panel(row, column)
             image, aspect = window_plane(cut, int(peak[cut]), background)
-            draw(ax, image, aspect, letters, f"{label[:40]} · {name.lower()} through peak")
+            draw(ax, image, aspect, letters, _heatmap_title(label, name, panel_px, dpi))
             overlay, _ = _plane(heat, spacing, cut, int(peak[cut]))
             # opacity grows with the map value, so unattended tissue stays readable
             alpha = np.clip(1.5 * overlay, 0.0, 1.0) * 0.6
@@ -242,3 +242,15 @@ def render_preview(
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+TITLE_POINTS = 8  # panel title font size
+_CHAR_EM = 0.6  # a generous average character width of the default sans-serif font, in ems
+
+
+def _heatmap_title(label: str, plane: str, panel_px: int, dpi: int) -> str:
+    """Two lines, ``"<label>"`` and ``"<plane> through peak"``; the label shortened with an ellipsis when it
+    would not fit the panel's width (long phrases otherwise run into the neighbouring panels' titles)."""
+    fits = max(int(panel_px / (TITLE_POINTS * dpi / 72 * _CHAR_EM)), 8)
+    short = label if len(label) <= fits else label[: fits - 1].rstrip() + "…"
+    return f"{short}\n{plane.lower()} through peak"

@@ -88,3 +88,20 @@ def test_display_orientation_follows_the_direction_cosines():
     canonical, spacing = _to_canonical(other, flipped)
     np.testing.assert_array_equal(canonical, volume)
     np.testing.assert_allclose(spacing, (3.0, 2.0, 1.0))
+
+
+def test_heatmap_titles_fit_their_panel():
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from GenerateCTLib.preview import TITLE_POINTS, _heatmap_title
+
+    label = "phrase: Moderate left pleural effusion with dependent layering"
+    for panel_px, dpi in ((300, 100), (200, 100), (300, 150)):
+        title = _heatmap_title(label, "Coronal", panel_px, dpi)
+        assert title.startswith("phrase: Moderate left pleural") and title.endswith("\ncoronal through peak")
+        figure = Figure(figsize=(3 * panel_px / dpi, 1), dpi=dpi)
+        text = figure.text(0, 0, title, fontsize=TITLE_POINTS)
+        width = text.get_window_extent(FigureCanvasAgg(figure).get_renderer()).width
+        assert width <= panel_px, (title, width, panel_px)
+    assert _heatmap_title("word: heart", "Axial", 300, 100) == "word: heart\naxial through peak"
