@@ -6,7 +6,9 @@ CT-ViT (reference ``ctvit.py`` ``forward`` L491-660, phenaki's C-ViViT losses):
     reference's StyleGAN-like one; the VGG16 perceptual loss is used only when torchvision and local
     VGG16 weights are available (:func:`build_perceptual_loss`). Optionally (not in the reference) an MSE
     in a display window (:func:`windowed_mse`, e.g. the lung window [−1000, −500] HU), so that density
-    differences a radiologist reads inside the lungs weigh as much as the body/air contrast.
+    differences a radiologist reads inside the lungs weigh as much as the body/air contrast; and an MSE of
+    the patch means (:func:`patch_mean_mse`), so that each token must carry its region's mean density
+    (emphysema, fluid, nodes) and not only edges and texture.
 
 MaskGIT (reference ``MaskGITTransformer.forward``):
     random step ``r ∈ [0, steps)``, mask probability ``cos(π/2 · r/steps)``, at least one token masked,
@@ -86,6 +88,16 @@ def windowed_mse(recon: torch.Tensor, target: torch.Tensor, window_hu: tuple[flo
     recon_w = (recon.float().clamp(low, high) - low) / (high - low)
     target_w = (target.float().clamp(low, high) - low) / (high - low)
     return F.mse_loss(recon_w, target_w)
+
+
+def patch_mean_mse(recon: torch.Tensor, target: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """MSE between the per-slice ``patch_size²`` means of ``(b, c, z, y, x)`` volumes: zero for changes of
+    texture that keep every patch's mean, the full squared shift for a uniform change of a patch's density."""
+    if patch_size < 1 or recon.shape[-1] % patch_size or recon.shape[-2] % patch_size:
+        raise ValueError(f"patch_size={patch_size!r} is invalid; allowed: a divisor of the in-plane size "
+                         f"{tuple(recon.shape[-2:])}")
+    kernel = (1, patch_size, patch_size)
+    return F.mse_loss(F.avg_pool3d(recon.float(), kernel), F.avg_pool3d(target.float(), kernel))
 
 
 def random_slices(volume: torch.Tensor, num: int = 1, *, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -34,6 +34,7 @@ from GenerateCTLib.training.losses import (
     gradient_penalty,
     hinge_discriminator_loss,
     hinge_generator_loss,
+    patch_mean_mse,
     windowed_mse,
 )
 
@@ -46,7 +47,8 @@ class TokenizerTrainConfig(common.TrainConfigBase):
 
     Loss settings: ``commitment_weight``; ``window_weight`` with ``window_hu`` (an extra MSE inside each HU
     window, :func:`windowed_mse`, summed; one ``[low, high]`` pair or a list of them, e.g. the lung and
-    mediastinal windows; 0, the reference, disables it); ``perceptual_weight`` with
+    mediastinal windows; 0, the reference, disables it); ``patch_mean_weight`` (an extra MSE of the
+    per-slice patch means, :func:`patch_mean_mse`; 0, the reference, disables it); ``perceptual_weight`` with
     ``vgg16_weights`` (a local torchvision
     VGG16 state dict; skipped when absent); ``adversarial_weight`` (0 disables the discriminator),
     ``adversarial_start_step``, ``discriminator_lr`` (reference 3e-7), ``discriminator_every``,
@@ -63,6 +65,7 @@ class TokenizerTrainConfig(common.TrainConfigBase):
     commitment_weight: float = 1.0
     window_weight: float = 0.0
     window_hu: tuple[tuple[float, float], ...] = ((-1000.0, -500.0),)
+    patch_mean_weight: float = 0.0
     perceptual_weight: float = 1.0
     vgg16_weights: str | None = None
     adversarial_weight: float = 1.0
@@ -96,8 +99,9 @@ class TokenizerTrainConfig(common.TrainConfigBase):
                 "-1000 <= low < high <= 1000"
             )
         self.window_hu = tuple((float(low), float(high)) for low, high in windows)
-        if self.window_weight < 0:
-            raise ValueError(f"window_weight={self.window_weight!r} is invalid; allowed: a float >= 0")
+        for name in ("window_weight", "patch_mean_weight"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)!r} is invalid; allowed: a float >= 0")
         if not 0 <= self.codebook_decay < 1:
             raise ValueError(f"codebook_decay={self.codebook_decay!r} is invalid; allowed: a float in [0, 1)")
 
@@ -170,7 +174,8 @@ def train_tokenizer(
     d_optimizer = common.make_optimizer(discriminator.parameters(), config, lr=config.discriminator_lr)
     perceptual = build_perceptual_loss(config.vgg16_weights) if config.perceptual_weight > 0 else None
 
-    step, history = 0, {"loss": [], "mse": [], "window": [], "commit": [], "generator": [], "discriminator": []}
+    names = ("loss", "mse", "window", "patch_mean", "commit", "generator", "discriminator")
+    step, history = 0, {name: [] for name in names}
     if resume and common.has_checkpoint(out_dir):
         step, history = common.load_checkpoint(
             out_dir,
@@ -207,6 +212,10 @@ def train_tokenizer(
             if config.window_weight > 0:
                 window = sum(windowed_mse(recon, volume, w) for w in config.window_hu)
             loss = loss + config.window_weight * window
+            patch_mean = mse.new_zeros(())
+            if config.patch_mean_weight > 0:
+                patch_mean = patch_mean_mse(recon, volume, mc.patch_size)
+            loss = loss + config.patch_mean_weight * patch_mean
             base = mse
             real_slice, fake_slice = volume[:, :, slice_index], recon[:, :, slice_index]
             if perceptual is not None:
@@ -246,6 +255,7 @@ def train_tokenizer(
             "loss": float(loss.detach()),
             "mse": float(mse.detach()),
             "window": float(window.detach()),
+            "patch_mean": float(patch_mean.detach()),
             "commit": float(out["commit_loss"].detach()),
             "generator": float(gen.detach()),
             "discriminator": d_value,

@@ -191,3 +191,16 @@ def test_windowed_mse_counts_only_differences_inside_the_window():
     assert recon.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="window_hu"):
         windowed_mse(target, target, (-500, -1000))
+
+
+def test_patch_mean_mse_sees_density_not_texture():
+    from GenerateCTLib.training.losses import patch_mean_mse
+
+    target = torch.full((1, 1, 3, 8, 8), -0.85)
+    texture = target.clone()
+    texture[..., ::2, :] += 0.1  # stripes: every 4×4 patch keeps its mean
+    texture[..., 1::2, :] -= 0.1
+    assert patch_mean_mse(texture, target, 4) < 1e-12
+    assert torch.isclose(patch_mean_mse(target - 0.07, target, 4), torch.tensor(0.0049))  # -920 vs -850 HU
+    with pytest.raises(ValueError, match="patch_size=3"):
+        patch_mean_mse(target, target, 3)

@@ -70,8 +70,13 @@ def test_tokenizer_window_loss_is_logged_and_validated(trained, tmp_path):
     result = train_tokenizer(trained["data"], config, tmp_path / "w", progress=False)
     assert len(result.history["window"]) == 3 and all(v > 0 for v in result.history["window"])
     assert all(v == 0 for v in trained["ctvit"].history["window"])  # off by default, as in the reference
+    assert all(v == 0 for v in trained["ctvit"].history["patch_mean"])
+    means = TokenizerTrainConfig(model=CTVIT, num_slices=9, lr=1e-3, batch_size=2, steps=2, adversarial_weight=0.0,
+                                 patch_mean_weight=5.0)
+    assert all(v > 0 for v in train_tokenizer(trained["data"], means, tmp_path / "m", progress=False).history[
+        "patch_mean"])
     for bad in ({"window_hu": (-500, -1000)}, {"window_hu": (-2000, 0)}, {"window_hu": [[-1000, -700], [0]]},
-                {"window_hu": []}, {"window_weight": -1.0}):
+                {"window_hu": []}, {"window_weight": -1.0}, {"patch_mean_weight": -1.0}):
         with pytest.raises(ValueError, match=next(iter(bad))):
             TokenizerTrainConfig(model=CTVIT, num_slices=9, **bad)
 
