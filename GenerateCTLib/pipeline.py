@@ -112,6 +112,13 @@ def _nominal_geometry(
     )
 
 
+def _check_sr_settings(sr_steps: Any, sr_batch_size: Any) -> None:
+    if isinstance(sr_steps, bool) or not isinstance(sr_steps, int) or sr_steps < 1:
+        raise ValueError(f"sr_steps must be an integer >= 1, got {sr_steps!r}")
+    if isinstance(sr_batch_size, bool) or not isinstance(sr_batch_size, int) or sr_batch_size < 1:
+        raise ValueError(f"sr_batch_size must be an integer >= 1, got {sr_batch_size!r}")
+
+
 class _Progress:
     """Feeds the one user callback with stage, step, total and an ETA based on measured step costs."""
 
@@ -226,10 +233,7 @@ class GenerateCTPipeline:
         if super_resolve:
             if self.super_resolution is None:
                 raise ValueError("super_resolve=True but the pipeline was loaded without the super-resolution Unet")
-            if isinstance(sr_steps, bool) or not isinstance(sr_steps, int) or sr_steps < 1:
-                raise ValueError(f"sr_steps must be an integer >= 1, got {sr_steps!r}")
-            if isinstance(sr_batch_size, bool) or not isinstance(sr_batch_size, int) or sr_batch_size < 1:
-                raise ValueError(f"sr_batch_size must be an integer >= 1, got {sr_batch_size!r}")
+            _check_sr_settings(sr_steps, sr_batch_size)
 
     @torch.no_grad()
     def __call__(
@@ -419,10 +423,7 @@ class GenerateCTPipeline:
             raise ValueError(f"seed must be an integer from 0 to 2**32 - 1, got {seed!r}")
         if sr_batch_size is None:
             sr_batch_size = 8 if self.device.type == "cuda" else 1
-        if isinstance(sr_batch_size, bool) or not isinstance(sr_batch_size, int) or sr_batch_size < 1:
-            raise ValueError(f"sr_batch_size must be an integer >= 1, got {sr_batch_size!r}")
-        if isinstance(sr_steps, bool) or not isinstance(sr_steps, int) or sr_steps < 1:
-            raise ValueError(f"sr_steps must be an integer >= 1, got {sr_steps!r}")
+        _check_sr_settings(sr_steps, sr_batch_size)
         text = self.text_encoder.encode(prompt)
         lowres = torch.from_numpy(np.clip(volume_hu.astype(np.float32), -1000, 1000) / 1000.0).to(self.device)
         progress = _Progress(callback, {"super_resolve": (sr_steps * volume_hu.shape[0], 1.0)})
