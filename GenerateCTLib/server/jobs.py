@@ -420,7 +420,7 @@ class JobManager:
                 seed=request.get("seed"),
                 steps=request["steps"],
                 cond_scale=float(request["cond_scale"]),
-                temperature=float(request.get("temperature", 0.9)),
+                temperature=float(request["temperature"]),
                 super_resolve=request["super_resolve"],
                 sr_steps=request["sr_steps"],
                 return_attention=request["attention"],
