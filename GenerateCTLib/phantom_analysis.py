@@ -358,8 +358,12 @@ def adherence(labels_true, labels_pred, labels: Sequence[str] = SUPPORTED_FINDIN
 
     Returns:
         ``{"per_finding": {label: {tp, fp, tn, fn, sensitivity, specificity, agreement}},
-        "agreement": fraction of (case, finding) pairs that agree, "exact_match": fraction of cases with
-        every finding right, "n_cases": n}``. Undefined sensitivity/specificity are ``None``.
+        "agreement": fraction of (case, finding) pairs that agree, "balanced_accuracy": mean over the findings
+        with positive and negative cases of (sensitivity + specificity) / 2, "exact_match": fraction of cases
+        with every finding right, "n_cases": n}``. Undefined sensitivity/specificity are ``None``.
+
+    Findings are rare, so ``agreement`` rewards calling everything absent (that scores ``1 - prevalence``);
+    ``balanced_accuracy`` is 0.5 for any constant answer and 1 only when every finding is found.
     """
     unknown = [name for name in labels if name not in LABEL_NAMES]
     if unknown:
@@ -379,9 +383,12 @@ def adherence(labels_true, labels_pred, labels: Sequence[str] = SUPPORTED_FINDIN
             "agreement": (tp + tn) / len(t) if len(t) else None,
         }
     agree = truth == pred
+    balanced = [(row["sensitivity"] + row["specificity"]) / 2 for row in per.values()
+                if row["sensitivity"] is not None and row["specificity"] is not None]
     return {
         "per_finding": per,
         "agreement": float(agree.mean()) if agree.size else float("nan"),
+        "balanced_accuracy": float(np.mean(balanced)) if balanced else float("nan"),
         "exact_match": float(agree.all(axis=1).mean()) if len(agree) else float("nan"),
         "n_cases": int(len(truth)),
     }

@@ -153,6 +153,13 @@ def test_adherence_statistics():
     row = result["per_finding"]["Cardiomegaly"]
     assert (row["tp"], row["fp"], row["tn"], row["fn"]) == (1, 1, 1, 1)
     assert row["sensitivity"] == 0.5 and row["specificity"] == 0.5 and result["agreement"] == 0.5
+    assert result["balanced_accuracy"] == 0.5
+    # calling everything absent: high agreement when findings are rare, balanced accuracy 0.5
+    rare = [{"Cardiomegaly": i == 0} for i in range(10)]
+    absent = adherence(rare, [{}] * 10, labels=("Cardiomegaly",))
+    assert absent["agreement"] == 0.9 and absent["balanced_accuracy"] == 0.5
+    found = adherence(rare, rare, labels=("Cardiomegaly",))
+    assert found["balanced_accuracy"] == 1.0
     arrays = adherence(np.eye(18, dtype=int)[:2], np.eye(18, dtype=int)[:2])
     assert arrays["agreement"] == 1.0 and arrays["n_cases"] == 2
 
