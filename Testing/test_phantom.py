@@ -133,6 +133,19 @@ def test_reports_splits_and_held_out_pairs():
     assert vector.shape == (18,) and vector[LABEL_NAMES.index("Emphysema")] == 1 and vector.sum() == 1
 
 
+def test_analyzer_thoracic_width_is_the_internal_width():
+    # the CTR's denominator: body width minus the thinnest lateral chest walls, against the phantom's inner rib
+    # margin width (the lung field's own extent, used before, read 6 mm narrow on average: CTR 0.56 for normals)
+    errors = []
+    for i in range(24):
+        rng = np.random.default_rng(2000 + i)
+        spec, _ = sample_case(rng)
+        p = generate_phantom(spec, SHAPE, rng=rng)
+        measured = analyze_volume(p.volume_hu, p.geometry)["measurements"]["thoracic_width_mm"]
+        errors.append(measured - p.measurements["thoracic_width_mm"])
+    assert np.mean(np.abs(errors)) < 4.0, np.round(errors)  # 6 mm voxels; the lung field's extent: 6.2 mm
+
+
 def test_analyzer_recovers_labels_clean_and_degraded():
     truths, clean, degraded = [], [], []
     for i in range(32):
