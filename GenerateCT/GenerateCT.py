@@ -79,6 +79,7 @@ class GenerateCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._heatmaps = {}  # label -> volume node of the current result
         self._progress = None  # a slicer_support.ProgressClock while a task runs
+        self._modelGuidance = support.GenerationRequest.guidance  # the guidance the chosen model was tuned for
 
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
@@ -174,6 +175,11 @@ class GenerateCTWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.slicesSpinBox.setMaximum(maximum)  # what the chosen model can generate (the demo: 33)
         if self.ui.slicesSpinBox.value > maximum:
             self.ui.slicesSpinBox.setValue(default)
+        guidance = support.panel_guidance(choice, MODULE_DIR, self.ui.customModelPathLineEdit.currentPath,
+                                          remote=remote)
+        if self.ui.guidanceSpinBox.value == self._modelGuidance:  # not changed by the user: follow the model
+            self.ui.guidanceSpinBox.setValue(guidance)
+        self._modelGuidance = guidance
 
     def setPrompt(self, age, sex, impression):
         self.ui.ageSpinBox.setValue(age)

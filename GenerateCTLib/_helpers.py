@@ -49,3 +49,12 @@ def replace_directory(staging: str | os.PathLike, target: str | os.PathLike) -> 
     os.replace(target, old / target.name)
     os.replace(staging, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+RELEASED_COND_SCALE = 5.0  # the guidance scale of the released GenerateCT sampling
+
+
+def bundle_cond_scale(metadata: dict) -> float:
+    """The guidance scale a bundle was tuned for (``metadata.json`` → ``defaults.cond_scale``), else the
+    released 5 (read without loading a network, so the Slicer panel can show it)."""
+    return float(metadata.get("defaults", {}).get("cond_scale", RELEASED_COND_SCALE))

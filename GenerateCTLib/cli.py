@@ -402,7 +402,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="odd number of slices (default: the model's, 201 for the official model)")
     generate.add_argument("--seed", type=int, help="random seed (default: random, recorded in the sidecar)")
     generate.add_argument("--steps", type=int, default=18, help="MaskGIT decoding steps (default 18)")
-    generate.add_argument("--cond-scale", type=float, default=5.0, help="guidance scale (default 5)")
+    generate.add_argument("--cond-scale", type=float, default=None,
+                          help="guidance scale (default: the model's; 5 as released, 3 for the demo)")
     generate.add_argument("--temperature", type=float, default=0.9,
                           help="MaskGIT sampling temperature, annealed to 0 (default 0.9 as released; higher: "
                                "more variation between seeds)")

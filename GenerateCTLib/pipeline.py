@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from GenerateCTLib import __version__
+from GenerateCTLib._helpers import bundle_cond_scale
 from GenerateCTLib.io import VolumeGeometry
 from GenerateCTLib.progress import GenerationCancelled, ProgressCallback, ProgressEvent
 from GenerateCTLib.windowing import base_output_to_hu, super_resolution_output_to_hu
@@ -210,6 +211,12 @@ class GenerateCTPipeline:
     def dtype(self) -> torch.dtype:
         return next(self.maskgit.parameters()).dtype
 
+    @property
+    def default_cond_scale(self) -> float:
+        """The guidance scale a bundle was tuned for (``metadata.json`` → ``defaults.cond_scale``), else the
+        released 5."""
+        return bundle_cond_scale(self.metadata)
+
     def max_slices(self) -> int:
         """The most slices the MaskGIT absolute position embeddings allow."""
         h, w = self.ctvit.spatial_grid
@@ -246,7 +253,7 @@ class GenerateCTPipeline:
         num_slices: int | None = None,
         seed: int | None = None,
         steps: int = 18,
-        cond_scale: float = 5.0,
+        cond_scale: float | None = None,
         temperature: float = 0.9,
         super_resolve: bool = True,
         sr_steps: int = 25,
@@ -263,7 +270,8 @@ class GenerateCTPipeline:
             prompt: the full prompt; or give ``age`` (0–120), ``sex`` (male/female) and ``impression``.
             num_slices: odd slice count (default: the bundle's ``defaults.num_slices``, else 201 as released).
             seed: seeds every random draw (None: a random seed, recorded in the output).
-            steps, cond_scale: MaskGIT decoding steps and classifier-free guidance scale.
+            steps, cond_scale: MaskGIT decoding steps and classifier-free guidance scale (default: the bundle's
+                ``defaults.cond_scale``, else 5 as released; see :attr:`default_cond_scale`).
             temperature: the Gumbel sampling temperature of the first decoding step, annealed linearly to 0
                 (released: 0.9). Higher values make volumes differ more between seeds; 0 is greedy.
             super_resolve, sr_steps, sr_batch_size: the diffusion SR stage, its steps and slices per batch
@@ -286,6 +294,8 @@ class GenerateCTPipeline:
             raise ValueError("give either prompt, or age, sex and impression, not both")
         if num_slices is None:
             num_slices = int(self.metadata.get("defaults", {}).get("num_slices", 201))
+        if cond_scale is None:
+            cond_scale = self.default_cond_scale
         if sr_batch_size is None:
             sr_batch_size = 8 if self.device.type == "cuda" else 1
         self.check_inputs(

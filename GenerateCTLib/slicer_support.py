@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from GenerateCTLib._helpers import RELEASED_COND_SCALE, bundle_cond_scale
 from GenerateCTLib.io import VolumeGeometry
 from GenerateCTLib.slicer_worker import ProgressLine, finite_number
 from GenerateCTLib.windowing import PRESETS, WindowPreset
@@ -205,7 +206,7 @@ class GenerationRequest:
     slices: int = RELEASED_SLICES
     quality: str = "Full"
     steps: int = 18
-    guidance: float = 5.0
+    guidance: float = RELEASED_COND_SCALE
     temperature: float = 0.9
     sr_steps: int = 25
     compute: str = "Auto"
@@ -394,6 +395,19 @@ def model_slice_limits(model: str) -> tuple[int, int] | None:
     if maximum < 1:
         return None
     return min(default, maximum), maximum
+
+
+def panel_guidance(choice: str, module_dir: str | os.PathLike, custom_folder: str = "", *,
+                   remote: bool = False) -> float:
+    """The guidance scale the chosen model was tuned for (its bundle's ``defaults.cond_scale``; the demo: 3),
+    or the released 5 when the run is remote or the model cannot be read."""
+    if remote or choice == "Official":
+        return RELEASED_COND_SCALE
+    try:
+        folder = Path(resolve_model(choice, module_dir, custom_folder))
+        return bundle_cond_scale(json.loads((folder / "metadata.json").read_text()))
+    except (OSError, ValueError, TypeError, AttributeError):  # no such model: the panel's model line says so
+        return RELEASED_COND_SCALE
 
 
 def panel_slice_limits(choice: str, module_dir: str | os.PathLike, custom_folder: str = "", *,

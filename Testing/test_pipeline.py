@@ -123,3 +123,22 @@ def test_attention_maps_cover_each_phrase_on_the_volume_grid(pipe):
     assert plain.attention is None
     # recording attention does not change the sampled volume
     assert np.allclose(plain.volume_hu, out.volume_hu, atol=1e-3)
+
+
+def test_guidance_defaults_to_the_bundles(pipe):
+    kw = dict(prompt="50 years old male: Pleural effusion.", num_slices=9, steps=3, super_resolve=False, seed=1)
+    assert pipe.default_cond_scale == 5.0  # no defaults.cond_scale in its metadata: the released value
+    released = pipe(**kw)
+    assert released.provenance["cond_scale"] == 5.0
+    saved = pipe.metadata.get("defaults")
+    pipe.metadata["defaults"] = {"cond_scale": 2.0}
+    try:
+        tuned = pipe(**kw)
+        assert tuned.provenance["cond_scale"] == 2.0 and pipe(**kw, cond_scale=5.0).provenance["cond_scale"] == 5.0
+    finally:
+        if saved is None:
+            pipe.metadata.pop("defaults")
+        else:
+            pipe.metadata["defaults"] = saved
+    assert np.array_equal(tuned.volume_hu, pipe(**kw, cond_scale=2.0).volume_hu)
+    assert not np.array_equal(tuned.volume_hu, released.volume_hu)

@@ -196,6 +196,7 @@ def create_app(settings: ServerSettings, *, manager: JobManager | None = None) -
             "dtype": None if pipe is None else str(pipe.dtype).removeprefix("torch."),
             "bundle": bundle,
             "ready": manager.ready,
+            "defaults": {"cond_scale": None if pipe is None else pipe.default_cond_scale},
             "limits": {
                 "max_slices": manager.max_slices,
                 "max_steps": schemas.MAX_STEPS,

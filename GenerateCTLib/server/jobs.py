@@ -419,7 +419,7 @@ class JobManager:
                 num_slices=request.get("num_slices") or self.max_slices,
                 seed=request.get("seed"),
                 steps=request["steps"],
-                cond_scale=float(request["cond_scale"]),
+                cond_scale=request["cond_scale"],  # None: the bundle's default
                 temperature=float(request["temperature"]),
                 super_resolve=request["super_resolve"],
                 sr_steps=request["sr_steps"],

@@ -60,7 +60,8 @@ class JobRequest(BaseModel):
         "default: that maximum",
     )
     steps: int = Field(18, ge=1, le=MAX_STEPS, description="MaskGIT decoding steps")
-    cond_scale: float = Field(5.0, ge=0, le=MAX_COND_SCALE, allow_inf_nan=False, description="guidance scale")
+    cond_scale: float | None = Field(None, ge=0, le=MAX_COND_SCALE, allow_inf_nan=False,
+                                     description="guidance scale (default: the served model's; 5 as released)")
     temperature: float = Field(0.9, ge=0, le=MAX_TEMPERATURE, allow_inf_nan=False,
                                description="MaskGIT sampling temperature, annealed to 0 (0.9 as released)")
     super_resolve: bool = Field(True, description="run the diffusion super-resolution stage (512² slices)")
