@@ -1,14 +1,16 @@
 """Train the bundled demo model from scratch on chest phantoms and assemble it as a bundle.
 
 Every step is a ``generatect`` command (printed and recorded in the bundle's metadata with its wall time),
-except the tiny T5 text encoder, which is built with ``GenerateCTLib.training.tiny_t5``. Two rounds:
-first the tokenizer, then the transformer and super-resolution in parallel (two threads and one), from
-``configs/demo/*.json`` (the v0.3 model); then each stage with a config in ``configs/demo/finetune/``
+except the tiny T5 text encoder, which is built with ``GenerateCTLib.training.tiny_t5``. Two phantom
+folders: ``--n`` phantoms for the tokenizer, the T5 vocabulary and super-resolution, and ``--n-transformer``
+(a superset: phantom ``i`` is the same in both) for the transformer, which is the stage that learns the text.
+Two rounds: first the tokenizer, then the transformer and super-resolution in parallel (two threads and
+one), from ``configs/demo/*.json``; then each stage with a config in ``configs/demo/finetune/``
 again, starting from the first round's weights (``init_from``): super-resolution, trained at the low-res
 noise level it samples with, with min-SNR weighting and an EMA. The bundle takes each stage from the last
 round that trained it.
 
-    python scripts/train_demo.py [--runs runs/demo] [--out GenerateCTLib/models/demo] [--n 500]
+    python scripts/train_demo.py [--runs runs/demo] [--out GenerateCTLib/models/demo] [--n 500] [--n-transformer 2000]
 
 Seeds are fixed (phantoms 0, every stage's config ``seed``), so a rerun on the same machine and library
 version reproduces the bundle.
@@ -73,8 +75,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", default="runs/demo", help="work folder for data and checkpoints")
     parser.add_argument("--out", default="GenerateCTLib/models/demo", help="bundle folder to write")
-    parser.add_argument("--n", type=int, default=500, help="training phantoms (default 500)")
+    parser.add_argument("--n", type=int, default=500, help="training phantoms of the tokenizer and SR (default 500)")
+    parser.add_argument("--n-transformer", type=int, default=2000,
+                        help="training phantoms of the transformer, the first --n of them shared (default 2000)")
     args = parser.parse_args()
+    if not 1 <= args.n <= args.n_transformer:
+        raise SystemExit(f"--n={args.n} and --n-transformer={args.n_transformer}: need 1 <= --n <= --n-transformer")
     runs = Path(args.runs)
     runs.mkdir(parents=True, exist_ok=True)
     # the step log survives interruptions: a rerun skips finished steps and keeps their records
@@ -82,11 +88,12 @@ def main() -> None:
     log: list[dict] = json.loads(log_path.read_text()) if log_path.is_file() else []
 
     # 1. phantoms (CT-RATE-style folder) at the super-resolution grid; loaders resample for each stage
-    data = runs / "data"
-    if not (data / "reports.csv").is_file():
-        run(["phantoms", "--out", str(data), "--n", str(args.n), "--shape", "33", "128", "128",
-             "--seed", "0", "--split", "train"], log)
-        save_log(log_path, log)
+    data, transformer_data = runs / "data", runs / f"data-{args.n_transformer}"
+    for folder, n in ((data, args.n), (transformer_data, args.n_transformer)):
+        if not (folder / "reports.csv").is_file():
+            run(["phantoms", "--out", str(folder), "--n", str(n), "--shape", "33", "128", "128",
+                 "--seed", "0", "--split", "train"], log)
+            save_log(log_path, log)
 
     # 2. a tiny T5 over the report vocabulary (random weights; the stages learn to read it)
     text_encoder = runs / "text_encoder"
@@ -107,7 +114,8 @@ def main() -> None:
     #    that have a fine-tuning config
     def train(stage: str, out: str, configs: Path, **kw):
         config = (configs / f"{stage}.json").relative_to(ROOT)
-        return run(["train", stage, "--data", str(data), "--config", str(config), "--out", str(runs / out),
+        folder = transformer_data if stage == "transformer" else data
+        return run(["train", stage, "--data", str(folder), "--config", str(config), "--out", str(runs / out),
                     "--quiet"], log, **kw)
 
     for configs, suffix in ((CONFIGS, ""), (FINETUNE, "-ft")):
@@ -133,7 +141,15 @@ def main() -> None:
             time.sleep(1)
         save_log(log_path, log)
 
-    # 4. the bundle
+    # 4. the bundle, 5. what a generation with it costs on this machine
+    phantoms = {"n": args.n, "n_transformer": args.n_transformer, "seed": 0, "split": "train",
+                "shape": [33, 128, 128]}
+    assemble_bundle(runs, Path(args.out), log, phantoms)
+
+
+def assemble_bundle(runs: Path, out: Path, log: list[dict], phantoms: dict) -> None:
+    """Write the demo bundle from the trained stages in ``runs`` (each from the last round that trained it),
+    with the step log and the phantom settings in its metadata, then measure its CPU costs into it."""
     def last_round(stage: str) -> Path:
         return runs / (f"{stage}-ft" if (FINETUNE / f"{stage}.json").is_file() else stage) / "model"
 
@@ -152,12 +168,14 @@ def main() -> None:
                        "of 64x64 (CT-ViT 8x8 patches, MaskGIT over 17x8x8 tokens), super-resolved to 128x128.",
         # phantoms span a 300 mm thorax over 33 slices and a 384 mm field of view in-plane
         "geometry": {"slice_spacing_mm": 300.0 / 32, "field_of_view_mm": 384.0, "super_resolution_scale": 2},
-        "defaults": {"num_slices": 33},
+        # guidance chosen on training-split prompts (benchmarks/demo_adherence.py --no-sr --split train, v0.5):
+        # cond_scale 2 / 3 / 5 gave agreement 0.836 / 0.833 / 0.771, balanced accuracy 0.597 / 0.606 / 0.549
+        "defaults": {"num_slices": 33, "cond_scale": 3.0},
         "training": {
             "steps": log,
             "configs": {p.stem: json.loads(p.read_text()) for p in sorted(CONFIGS.glob("*.json"))},
             "finetune_configs": {p.stem: json.loads(p.read_text()) for p in sorted(FINETUNE.glob("*.json"))},
-            "phantoms": {"n": args.n, "seed": 0, "split": "train", "shape": [33, 128, 128]},
+            "phantoms": phantoms,
             # elapsed: sequential steps plus the longest of the steps run side by side
             "wall_time_s": elapsed_s(log),
             "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, {platform.python_version()}",
@@ -166,20 +184,19 @@ def main() -> None:
 
     def write(extra: dict) -> None:
         write_bundle(
-            args.out,
+            out,
             models,
             name="generatect-demo",
-            version="0.4",
+            version="0.5",
             source="trained by scripts/train_demo.py on procedurally generated chest phantoms (GenerateCTLib.phantom)",
-            text_encoder=text_encoder,
+            text_encoder=runs / "text_encoder",
             overwrite=True,
             extra_metadata={**metadata, **extra},
         )
 
     write({})
-    # 5. what a generation costs on this machine, for the Slicer module's time estimate (units of CpuCosts)
-    write({"cpu_seconds": measure_cpu_seconds(Path(args.out))})
-    print(f"wrote {args.out}; training took {elapsed_s(log):.0f} s", flush=True)
+    write({"cpu_seconds": measure_cpu_seconds(out)})
+    print(f"wrote {out}; training took {elapsed_s(log):.0f} s", flush=True)
 
 
 def measure_cpu_seconds(bundle: Path) -> dict[str, float]:

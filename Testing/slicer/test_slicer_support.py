@@ -175,6 +175,18 @@ def test_slice_limits_follow_the_chosen_model(tmp_path):
     assert s.panel_slice_limits("Custom folder", tmp_path, str(tmp_path / "nowhere")) == (201, 201)
 
 
+def test_guidance_follows_the_chosen_model(tmp_path):
+    from GenerateCTLib.models import demo_bundle_dir
+    from GenerateCTLib.pipeline import GenerateCTPipeline
+
+    demo = demo_bundle_dir()
+    tuned = GenerateCTPipeline.from_pretrained(demo, load_super_resolution=False).default_cond_scale
+    assert s.panel_guidance("Custom folder", tmp_path, str(demo)) == tuned == 3.0  # read from JSON, as the pipeline
+    assert s.panel_guidance("Official", tmp_path) == s.GenerationRequest.guidance == 5.0  # released
+    assert s.panel_guidance("Custom folder", tmp_path, str(demo), remote=True) == 5.0  # the panel cannot read it
+    assert s.panel_guidance("Custom folder", tmp_path, str(tmp_path / "nowhere")) == 5.0
+
+
 def test_progress_clock_counts_elapsed_and_eta_between_events():
     now = [100.0]
     clock = s.ProgressClock("Starting…", super_resolve=False, clock=lambda: now[0])
