@@ -268,11 +268,12 @@ def _thoracic_width_mm(field, body, k, left, right, cols_x, cx, spacing_x) -> fl
     the wall (a pleural effusion) does not count. The lung field's own extent, used before, read 6 mm narrow
     on average (partial volume at its edges) and narrower still beside fluid.
     """
+    both = np.nonzero(left.any(axis=(1, 2)) & right.any(axis=(1, 2)))[0]
     walls = []
     for sign in (-1.0, 1.0):
         side = sign * (cols_x - cx) > 0
         gaps = []
-        for kk in np.nonzero(left.any(axis=(1, 2)) & right.any(axis=(1, 2)))[0]:
+        for kk in both:
             lung_x = cols_x[field[kk].any(axis=0) & side]
             body_x = cols_x[body[kk].any(axis=0) & side]
             if lung_x.size and body_x.size:

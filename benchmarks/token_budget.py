@@ -2,7 +2,7 @@
 
 The demo's CT-ViT codes each 8×8×2 patch of its 33×64×64 volume (48×48×19 mm) with one of 512 ids, and
 the phantom analyzer's agreement on its reconstructions (the ceiling for any transformer over those ids)
-stays near 0.81 whatever the tokenizer's losses (see the README model card). Finer patches give each
+is at most 0.83 whatever the tokenizer's losses (see the README model card). Finer patches give each
 finding more tokens, but the MaskGIT trains on every token of the grid with full self-attention (and a
 3-D position bias over all pairs), so its cost grows faster than the token count.
 
